@@ -1,0 +1,457 @@
+//! OTLP `ExportTraceServiceRequest` to [`Span`]s.
+//!
+//! - resource attributes -> `resource` (typed); `service.name` also into
+//!   `local.service_name`;
+//! - span attributes -> `attributes` (typed; arrays, kvlists, bytes as their
+//!   OTLP JSON in `AttrValue::Json`);
+//! - events and links keep their attributes as OTLP JSON key-value arrays;
+//! - rare fields (dropped counts, schema urls, scope attributes, link flags)
+//!   go to `extra_json`;
+//! - CLIENT and PRODUCER spans get a `remote` endpoint derived from
+//!   `peer.service` / `server.address` / `net.peer.name` / ... the way the
+//!   OpenTelemetry Zipkin exporter derives `remoteEndpoint`; the attributes
+//!   themselves stay in `attributes`.
+//!
+//! Invalid spans are returned in [`OtlpBatch::rejected`], the rest converted.
+
+use crate::error::{InvalidSpan, Problem};
+use crate::validate::{
+    FieldProblem, Format, check_span, parent_id_bytes, span_id_bytes, trace_id_bytes,
+};
+use meshlens_storage::model::{
+    AttrValue, Attributes, Endpoint, Event, Link, Span, SpanKind, StatusCode, UnixNanos,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use serde_json::{Map, Value as Json, json};
+
+/// How many rejected spans are described in the error message.
+const MAX_REPORTED: usize = 5;
+
+/// The result of converting one request: the good spans and what was wrong
+/// with the others.
+#[derive(Debug, Default, PartialEq)]
+pub struct OtlpBatch {
+    pub spans: Vec<Span>,
+    pub rejected_count: usize,
+    /// The first few problems (at most 5), for the `partial_success` message.
+    pub rejected: Vec<InvalidSpan>,
+}
+
+impl OtlpBatch {
+    /// The `partial_success.error_message`, empty when nothing was rejected.
+    pub fn error_message(&self) -> String {
+        if self.rejected_count == 0 {
+            return String::new();
+        }
+        let listed: Vec<String> = self.rejected.iter().map(|r| r.to_string()).collect();
+        let mut msg = format!(
+            "{} invalid spans rejected: {}",
+            self.rejected_count,
+            listed.join("; ")
+        );
+        if self.rejected_count > listed.len() {
+            msg.push_str(&format!(
+                " (and {} more)",
+                self.rejected_count - listed.len()
+            ));
+        }
+        msg
+    }
+
+    fn reject(&mut self, location: impl FnOnce() -> String, (field, problem): FieldProblem) {
+        self.rejected_count += 1;
+        if self.rejected.len() < MAX_REPORTED {
+            self.rejected.push(InvalidSpan {
+                location: location(),
+                field,
+                problem,
+            });
+        }
+    }
+}
+
+/// Converts a request, validating every span against the current time.
+pub fn convert_request(req: ExportTraceServiceRequest) -> OtlpBatch {
+    let now = UnixNanos::now();
+    let mut out = OtlpBatch::default();
+    for (ri, rs) in req.resource_spans.into_iter().enumerate() {
+        let mut resource = Attributes::new();
+        let mut resource_extra = Map::new();
+        if let Some(r) = rs.resource {
+            resource = attributes(r.attributes);
+            if r.dropped_attributes_count > 0 {
+                resource_extra.insert(
+                    "droppedAttributesCount".into(),
+                    r.dropped_attributes_count.into(),
+                );
+            }
+        }
+        if !rs.schema_url.is_empty() {
+            resource_extra.insert("schemaUrl".into(), rs.schema_url.into());
+        }
+        let service = resource
+            .get("service.name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        for (si, ss) in rs.scope_spans.into_iter().enumerate() {
+            let mut scope_extra = Map::new();
+            let (mut scope_name, mut scope_version) = (None, None);
+            if let Some(scope) = ss.scope {
+                scope_name = non_empty(scope.name);
+                scope_version = non_empty(scope.version);
+                if !scope.attributes.is_empty() {
+                    scope_extra.insert("attributes".into(), kvs_json(&scope.attributes));
+                }
+                if scope.dropped_attributes_count > 0 {
+                    scope_extra.insert(
+                        "droppedAttributesCount".into(),
+                        scope.dropped_attributes_count.into(),
+                    );
+                }
+            }
+            if !ss.schema_url.is_empty() {
+                scope_extra.insert("schemaUrl".into(), ss.schema_url.into());
+            }
+            let ctx = Context {
+                resource: &resource,
+                resource_extra: &resource_extra,
+                scope_extra: &scope_extra,
+                service: service.as_deref(),
+                scope_name: scope_name.as_deref(),
+                scope_version: scope_version.as_deref(),
+            };
+            for (i, span) in ss.spans.into_iter().enumerate() {
+                let attr_count = span.attributes.len();
+                let location = || format!("resourceSpans[{ri}].scopeSpans[{si}].spans[{i}]");
+                match convert_span(span, &ctx)
+                    .and_then(|s| check_span(&s, attr_count, now, Format::Otlp).map(|()| s))
+                {
+                    Ok(s) => out.spans.push(s),
+                    Err(fp) => out.reject(location, fp),
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Context<'a> {
+    resource: &'a Attributes,
+    resource_extra: &'a Map<String, Json>,
+    scope_extra: &'a Map<String, Json>,
+    service: Option<&'a str>,
+    scope_name: Option<&'a str>,
+    scope_version: Option<&'a str>,
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn field(name: &str) -> impl FnOnce(Problem) -> FieldProblem + '_ {
+    move |p| (Some(name.to_string()), p)
+}
+
+fn nanos(v: u64, name: &str) -> Result<i64, FieldProblem> {
+    if v == 0 {
+        return Err((Some(name.to_string()), Problem::Missing));
+    }
+    i64::try_from(v).map_err(|_| {
+        (
+            Some(name.to_string()),
+            Problem::OutOfRange {
+                value: v as i128,
+                unit: "ns",
+            },
+        )
+    })
+}
+
+fn convert_span(s: OtlpSpan, ctx: &Context<'_>) -> Result<Span, FieldProblem> {
+    let (trace_id, _) = trace_id_bytes(&s.trace_id, false).map_err(field("traceId"))?;
+    let span_id = span_id_bytes("span id", &s.span_id).map_err(field("spanId"))?;
+    let parent_span_id = parent_id_bytes(&s.parent_span_id).map_err(field("parentSpanId"))?;
+    let start = nanos(s.start_time_unix_nano, "startTimeUnixNano")?;
+    let end = nanos(s.end_time_unix_nano, "endTimeUnixNano")?;
+    let kind = u8::try_from(s.kind)
+        .map(SpanKind::from_u8)
+        .unwrap_or_default();
+
+    let mut extra = Map::new();
+    for (k, v) in [
+        ("droppedAttributesCount", s.dropped_attributes_count),
+        ("droppedEventsCount", s.dropped_events_count),
+        ("droppedLinksCount", s.dropped_links_count),
+    ] {
+        if v > 0 {
+            extra.insert(k.into(), v.into());
+        }
+    }
+
+    let mut events = Vec::with_capacity(s.events.len());
+    let mut event_extra = Vec::new();
+    for (i, e) in s.events.into_iter().enumerate() {
+        let time = i64::try_from(e.time_unix_nano).map_err(|_| {
+            (
+                Some(format!("events[{i}].timeUnixNano")),
+                Problem::OutOfRange {
+                    value: e.time_unix_nano as i128,
+                    unit: "ns",
+                },
+            )
+        })?;
+        if e.dropped_attributes_count > 0 {
+            event_extra
+                .push(json!({"index": i, "droppedAttributesCount": e.dropped_attributes_count}));
+        }
+        events.push(Event {
+            time: UnixNanos(time),
+            name: e.name,
+            attributes_json: kvs_json_opt(&e.attributes),
+        });
+    }
+
+    let mut links = Vec::with_capacity(s.links.len());
+    let mut link_extra = Vec::new();
+    for (i, l) in s.links.into_iter().enumerate() {
+        let (tid, _) = trace_id_bytes(&l.trace_id, false)
+            .map_err(|p| (Some(format!("links[{i}].traceId")), p))?;
+        let sid = span_id_bytes("span id", &l.span_id)
+            .map_err(|p| (Some(format!("links[{i}].spanId")), p))?;
+        if l.dropped_attributes_count > 0 || l.flags != 0 {
+            let mut m = Map::new();
+            m.insert("index".into(), i.into());
+            if l.flags != 0 {
+                m.insert("flags".into(), l.flags.into());
+            }
+            if l.dropped_attributes_count > 0 {
+                m.insert(
+                    "droppedAttributesCount".into(),
+                    l.dropped_attributes_count.into(),
+                );
+            }
+            link_extra.push(Json::Object(m));
+        }
+        links.push(Link {
+            trace_id: tid,
+            span_id: sid,
+            trace_state: non_empty(l.trace_state),
+            attributes_json: kvs_json_opt(&l.attributes),
+        });
+    }
+    if !event_extra.is_empty() {
+        extra.insert("events".into(), event_extra.into());
+    }
+    if !link_extra.is_empty() {
+        extra.insert("links".into(), link_extra.into());
+    }
+    if !ctx.resource_extra.is_empty() {
+        extra.insert("resource".into(), Json::Object(ctx.resource_extra.clone()));
+    }
+    if !ctx.scope_extra.is_empty() {
+        extra.insert("scope".into(), Json::Object(ctx.scope_extra.clone()));
+    }
+
+    let (status_code, status_message) = match s.status {
+        Some(st) => (
+            u8::try_from(st.code)
+                .map(StatusCode::from_u8)
+                .unwrap_or_default(),
+            non_empty(st.message),
+        ),
+        None => (StatusCode::Unset, None),
+    };
+    let attributes = attributes(s.attributes);
+    let remote = if matches!(kind, SpanKind::Client | SpanKind::Producer) {
+        remote_endpoint(&attributes)
+    } else {
+        Endpoint::default()
+    };
+    Ok(Span {
+        trace_id,
+        trace_id_64: false,
+        span_id,
+        parent_span_id,
+        name: s.name,
+        kind,
+        start: Some(UnixNanos(start)),
+        duration_nanos: Some(end - start),
+        local: Endpoint {
+            service_name: ctx.service.map(str::to_owned),
+            ..Default::default()
+        },
+        remote,
+        shared: false,
+        debug: false,
+        status_code,
+        status_message,
+        attributes,
+        resource: ctx.resource.clone(),
+        events,
+        links,
+        trace_state: non_empty(s.trace_state),
+        flags: (s.flags != 0).then_some(s.flags),
+        scope_name: ctx.scope_name.map(str::to_owned),
+        scope_version: ctx.scope_version.map(str::to_owned),
+        extra_json: (!extra.is_empty()).then(|| Json::Object(extra).to_string()),
+    })
+}
+
+/// The peer of a CLIENT/PRODUCER span, in the OpenTelemetry Zipkin
+/// exporter's order of preference (new semantic conventions first).
+fn remote_endpoint(attrs: &Attributes) -> Endpoint {
+    let string = |k: &str| {
+        attrs
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    let service_name = [
+        "peer.service",
+        "server.address",
+        "net.peer.name",
+        "network.peer.address",
+        "net.sock.peer.name",
+        "net.sock.peer.addr",
+        "net.peer.ip",
+        "db.name",
+    ]
+    .iter()
+    .find_map(|k| string(k))
+    .map(str::to_owned);
+    let ip = [
+        "network.peer.address",
+        "net.sock.peer.addr",
+        "net.peer.ip",
+        "server.address",
+    ]
+    .iter()
+    .find_map(|k| string(k).and_then(|s| s.parse::<std::net::IpAddr>().ok()));
+    let port = [
+        "network.peer.port",
+        "net.sock.peer.port",
+        "net.peer.port",
+        "server.port",
+    ]
+    .iter()
+    .find_map(|k| match attrs.get(*k) {
+        Some(AttrValue::Int(p)) => Some(*p),
+        Some(AttrValue::Str(s)) => s.parse().ok(),
+        _ => None,
+    })
+    .filter(|p| (1..=65535).contains(p))
+    .map(|p| p as i32);
+    Endpoint {
+        service_name,
+        ipv4: ip.filter(|i| i.is_ipv4()).map(|i| i.to_string()),
+        ipv6: ip.filter(|i| i.is_ipv6()).map(|i| i.to_string()),
+        port,
+    }
+}
+
+/// Typed attributes; the last of duplicate keys wins.
+pub fn attributes(kvs: Vec<KeyValue>) -> Attributes {
+    kvs.into_iter()
+        .map(|kv| (kv.key, attr_value(kv.value)))
+        .collect()
+}
+
+pub fn attr_value(v: Option<AnyValue>) -> AttrValue {
+    match v.and_then(|v| v.value) {
+        Some(Value::StringValue(s)) => AttrValue::Str(s),
+        Some(Value::BoolValue(b)) => AttrValue::Bool(b),
+        Some(Value::IntValue(i)) => AttrValue::Int(i),
+        Some(Value::DoubleValue(d)) => AttrValue::Double(d),
+        Some(other) => AttrValue::Json(value_json(&other).to_string()),
+        None => AttrValue::Json("{}".into()),
+    }
+}
+
+/// An AnyValue in OTLP/JSON form (int64 as a decimal string, bytes as
+/// base64, non-finite doubles as "NaN"/"Infinity"/"-Infinity").
+pub fn value_json(v: &Value) -> Json {
+    match v {
+        Value::StringValue(s) => json!({ "stringValue": s }),
+        Value::BoolValue(b) => json!({ "boolValue": b }),
+        Value::IntValue(i) => json!({ "intValue": i.to_string() }),
+        Value::DoubleValue(d) if d.is_finite() => json!({ "doubleValue": d }),
+        Value::DoubleValue(d) => {
+            let s = if d.is_nan() {
+                "NaN"
+            } else if *d > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            };
+            json!({ "doubleValue": s })
+        }
+        Value::ArrayValue(a) => {
+            let values: Vec<Json> = a.values.iter().map(any_json).collect();
+            json!({ "arrayValue": { "values": values } })
+        }
+        Value::KvlistValue(kv) => json!({ "kvlistValue": { "values": kvs_json(&kv.values) } }),
+        Value::BytesValue(b) => json!({ "bytesValue": base64(b) }),
+        Value::StringValueStrindex(i) => json!({ "stringValueStrindex": i }),
+    }
+}
+
+fn any_json(v: &AnyValue) -> Json {
+    v.value
+        .as_ref()
+        .map(value_json)
+        .unwrap_or_else(|| json!({}))
+}
+
+/// OTLP/JSON key-value array: `[{"key":"k","value":{"stringValue":"v"}}]`.
+pub fn kvs_json(kvs: &[KeyValue]) -> Json {
+    Json::Array(
+        kvs.iter()
+            .map(|kv| {
+                let value = kv.value.as_ref().map(any_json).unwrap_or_else(|| json!({}));
+                json!({ "key": kv.key, "value": value })
+            })
+            .collect(),
+    )
+}
+
+fn kvs_json_opt(kvs: &[KeyValue]) -> Option<String> {
+    (!kvs.is_empty()).then(|| kvs_json(kvs).to_string())
+}
+
+fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(c.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(c.get(2).copied().unwrap_or(0));
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= c.len() {
+                out.push(T[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! OTLP trace receivers: gRPC (`TraceService/Export`) and HTTP
+//! (`POST /v1/traces`, protobuf or JSON). Invalid spans are dropped and
+//! reported in `partial_success`; the valid rest is stored.
+
+pub mod convert;
+pub mod grpc;
+pub mod http;
+
+#[cfg(test)]
+mod tests;
+
+pub use convert::{OtlpBatch, convert_request};
+
+use crate::error::DecodeError;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// Decodes an OTLP protobuf `ExportTraceServiceRequest` and converts it.
+pub fn decode_otlp_proto(bytes: &[u8]) -> Result<OtlpBatch, DecodeError> {
+    let req = <ExportTraceServiceRequest as prost::Message>::decode(bytes).map_err(|e| {
+        DecodeError::Protobuf {
+            message_name: "ExportTraceServiceRequest",
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(convert_request(req))
+}
+
+/// Decodes OTLP/JSON (hex ids, int64 as strings or numbers, enums as
+/// integers, per the OTLP spec) and converts it.
+pub fn decode_otlp_json(bytes: &[u8]) -> Result<OtlpBatch, DecodeError> {
+    let text = DecodeError::check_utf8(bytes)?;
+    let req: ExportTraceServiceRequest =
+        serde_json::from_str(text).map_err(|e| DecodeError::from_json(&e, None))?;
+    Ok(convert_request(req))
+}
+
+/// `google.rpc.Status`, the OTLP error body (HTTP) and gRPC status details.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoAny {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`: OTLP exporters retry RESOURCE_EXHAUSTED only
+/// when the status carries one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+impl RpcStatus {
+    pub fn with_retry(
+        code: i32,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    ) -> Self {
+        let details = retry_after
+            .map(|d| ProtoAny {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: prost::Message::encode_to_vec(&RetryInfo {
+                    retry_delay: Some(ProtoDuration {
+                        seconds: d.as_secs() as i64,
+                        nanos: d.subsec_nanos() as i32,
+                    }),
+                }),
+            })
+            .into_iter()
+            .collect();
+        RpcStatus {
+            code,
+            message,
+            details,
+        }
+    }
+}

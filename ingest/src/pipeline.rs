@@ -1,0 +1,88 @@
+//! The steps every receiver shares after reading a body: decode (off the
+//! async workers when the body is big), hand spans to storage, count, and
+//! turn errors into responses.
+
+use crate::error::{DecodeError, IngestError};
+use crate::{IngestState, metrics};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meshlens_storage::model::Span;
+
+/// Bodies larger than this are decoded on the blocking pool so a 16 MiB
+/// batch does not stall other requests on the same worker.
+const INLINE_DECODE_BYTES: usize = 256 * 1024;
+
+pub(crate) async fn decode<T, F>(bytes: Vec<u8>, f: F) -> Result<T, IngestError>
+where
+    T: Send + 'static,
+    F: FnOnce(&[u8]) -> Result<T, DecodeError> + Send + 'static,
+{
+    if bytes.len() <= INLINE_DECODE_BYTES {
+        return Ok(f(&bytes)?);
+    }
+    tokio::task::spawn_blocking(move || f(&bytes))
+        .await
+        .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))?
+        .map_err(IngestError::from)
+}
+
+/// Appends spans and counts them as received (or rejected, with the reason).
+pub(crate) async fn store(
+    state: &IngestState,
+    receiver: &'static str,
+    spans: Vec<Span>,
+) -> Result<(), IngestError> {
+    let n = spans.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let t = state.storage.telemetry();
+    match state.storage.append_spans(spans).await {
+        Ok(()) => {
+            metrics::spans_received(t, receiver, n);
+            Ok(())
+        }
+        Err(e) => {
+            let e = IngestError::Storage(e);
+            metrics::spans_rejected(t, receiver, e.reason(), n);
+            Err(e)
+        }
+    }
+}
+
+/// Counts a failed request. Storage failures counted their spans already.
+pub(crate) fn count_rejection(state: &IngestState, receiver: &'static str, err: &IngestError) {
+    let t = state.storage.telemetry();
+    metrics::request_rejected(t, receiver, err.reason());
+    if let IngestError::Decode(DecodeError::InvalidSpans { total, .. }) = err {
+        metrics::spans_rejected(t, receiver, err.reason(), *total);
+    }
+    match err.status() {
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            tracing::warn!(receiver, error = %err, "ingest request failed")
+        }
+        _ => tracing::debug!(receiver, error = %err, "ingest request rejected"),
+    }
+}
+
+/// Adds `Retry-After` (whole seconds, at least 1) when the error asks for it.
+pub(crate) fn with_retry_after(mut resp: Response, err: &IngestError) -> Response {
+    if let Some(d) = err.retry_after() {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+/// A plain-text error response (Zipkin answers errors in plain text).
+pub(crate) fn text_error(err: &IngestError) -> Response {
+    let resp = (
+        err.status(),
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{err}\n"),
+    )
+        .into_response();
+    with_retry_after(resp, err)
+}

@@ -1,0 +1,204 @@
+//! Pieces shared by the Zipkin v1 and v2 JSON decoders: a top-level array
+//! reader that remembers which span it was in, borrowed strings for ids,
+//! lenient tag values, capped tag maps, endpoints.
+
+use crate::error::{DecodeError, Problem};
+use crate::validate::{FieldProblem, MAX_ATTRIBUTES};
+use meshlens_storage::model::{AttrValue, Attributes, Endpoint};
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Parses `s` as a JSON array of `T`; on error, says which element it was in.
+pub(crate) fn parse_array<'de, T: Deserialize<'de>>(s: &'de str) -> Result<Vec<T>, DecodeError> {
+    let index = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(s);
+    let seed = ArraySeed::<T> {
+        index: &index,
+        _t: PhantomData,
+    };
+    seed.deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| DecodeError::from_json(&e, index.get()))
+}
+
+struct ArraySeed<'i, T> {
+    index: &'i Cell<Option<usize>>,
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for ArraySeed<'_, T> {
+    type Value = Vec<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ArraySeed<'_, T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of spans")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        loop {
+            self.index.set(Some(out.len()));
+            match seq.next_element()? {
+                Some(x) => out.push(x),
+                None => break,
+            }
+        }
+        self.index.set(None);
+        Ok(out)
+    }
+}
+
+/// A string borrowed from the body when it has no escapes (ids, kinds: we
+/// parse them and throw the text away, so copying would be waste).
+pub(crate) struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A tag value. Zipkin requires strings and rejects other JSON types; we
+/// accept numbers and booleans too and keep their JSON text as the string
+/// ("42", "1.5", "true"), because some clients (and hand-written tests)
+/// send them and refusing the whole batch for it helps nobody.
+pub(crate) struct TagString(pub String);
+
+impl<'de> Deserialize<'de> for TagString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TagString;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string (numbers and booleans are accepted too)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TagString, E> {
+                Ok(TagString(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<TagString, E> {
+                Ok(TagString(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TagString, E> {
+                Ok(TagString(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TagString, E> {
+                Ok(TagString(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TagString, E> {
+                Ok(TagString(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TagString, E> {
+                Ok(TagString(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TagString, E> {
+                Err(E::custom("a tag value must be a string, got null"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Tags, collected up to [`MAX_ATTRIBUTES`] and counted beyond, so a span
+/// with a million tags costs a count, not a million allocations.
+#[derive(Default)]
+pub(crate) struct Tags {
+    pub map: Attributes,
+    pub count: usize,
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tags;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string tags")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Tags, A::Error> {
+                let mut tags = Tags::default();
+                loop {
+                    if tags.count < MAX_ATTRIBUTES {
+                        let Some(k) = m.next_key::<String>()? else {
+                            break;
+                        };
+                        let v: TagString = m.next_value()?;
+                        tags.map.insert(k, AttrValue::Str(v.0));
+                    } else {
+                        if m.next_key::<IgnoredAny>()?.is_none() {
+                            break;
+                        }
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                    tags.count += 1;
+                }
+                Ok(tags)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A Zipkin endpoint as sent.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RawEndpoint {
+    pub service_name: Option<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub port: Option<i64>,
+}
+
+impl RawEndpoint {
+    /// Empty strings and port 0 mean "absent", as in Zipkin. Names keep the
+    /// case they were sent in (Zipkin lower-cases them; the query side
+    /// compares case-insensitively instead).
+    pub fn into_endpoint(self, field: &str) -> Result<Endpoint, FieldProblem> {
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let port = match self.port {
+            None | Some(0) => None,
+            Some(p @ 1..=65535) => Some(p as i32),
+            Some(p) => return Err((Some(format!("{field}.port")), Problem::BadPort(p))),
+        };
+        Ok(Endpoint {
+            service_name: non_empty(self.service_name),
+            ipv4: non_empty(self.ipv4),
+            ipv6: non_empty(self.ipv6),
+            port,
+        })
+    }
+}
+
+/// `Some(endpoint)` unless it carries nothing.
+pub(crate) fn endpoint_opt(
+    e: Option<RawEndpoint>,
+    field: &str,
+) -> Result<Option<Endpoint>, FieldProblem> {
+    match e {
+        None => Ok(None),
+        Some(e) => e.into_endpoint(field).map(|e| (!e.is_empty()).then_some(e)),
+    }
+}

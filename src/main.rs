@@ -1,0 +1,40 @@
+//! The `meshlens` binary: parses the command line and hands over to `serve`.
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// meshlens — one observability backend for a service mesh.
+///
+/// Point Envoy/Istio sidecars and OpenTelemetry SDKs at it (Zipkin on :9411,
+/// OTLP on :4317 gRPC and :4318 HTTP); read traces back through the Zipkin
+/// API on :9411 (Grafana's Zipkin data source works as is).
+#[derive(Parser, Debug)]
+#[command(name = "meshlens", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: receivers, storage and query APIs.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHLENS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+    }
+}

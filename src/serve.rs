@@ -1,0 +1,158 @@
+//! `meshlens serve`: opens the storage (replaying the WAL), then starts the
+//! HTTP, OTLP/HTTP and OTLP/gRPC listeners; on SIGINT/SIGTERM stops them and
+//! flushes the buffer to Parquet.
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::Args;
+use meshlens_ingest::{IngestConfig, IngestState};
+use meshlens_query::QueryState;
+use meshlens_storage::{Storage, StorageConfig, Telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Settings shared by `serve` and (later) `demo`. Every flag has a
+/// `MESHLENS_*` environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Where the WAL, Parquet files and manifest live.
+    #[arg(long, env = "MESHLENS_DATA_DIR", default_value = "./meshlens-data")]
+    pub data_dir: PathBuf,
+    /// Zipkin API (ingest and query), metrics and (later) the web page.
+    #[arg(long, env = "MESHLENS_HTTP_ADDR", default_value = "0.0.0.0:9411")]
+    pub http_addr: SocketAddr,
+    /// OTLP over gRPC (TraceService/Export).
+    #[arg(long, env = "MESHLENS_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
+    pub otlp_grpc_addr: SocketAddr,
+    /// OTLP over HTTP (POST /v1/traces, protobuf or JSON).
+    #[arg(long, env = "MESHLENS_OTLP_HTTP_ADDR", default_value = "0.0.0.0:4318")]
+    pub otlp_http_addr: SocketAddr,
+    /// How long spans are kept, e.g. 7d, 12h, 30m. Whole expired files are deleted.
+    #[arg(long, env = "MESHLENS_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Largest request body accepted, before and after decompression (bytes).
+    #[arg(long, env = "MESHLENS_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Write the in-memory buffer to Parquet at least this often.
+    #[arg(long, env = "MESHLENS_FLUSH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+    /// Write the in-memory buffer to Parquet when it holds this many spans.
+    #[arg(long, env = "MESHLENS_FLUSH_ROWS", default_value_t = 1_000_000)]
+    pub flush_rows: usize,
+    /// Refuse spans (HTTP 429/503, gRPC RESOURCE_EXHAUSTED) above this much buffered data (bytes).
+    #[arg(long, env = "MESHLENS_BUFFER_BUDGET_BYTES", default_value_t = 1 << 30)]
+    pub buffer_budget_bytes: u64,
+    /// How often retention and compaction run.
+    #[arg(long, env = "MESHLENS_MAINTENANCE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub maintenance_interval: Duration,
+}
+
+impl ServeArgs {
+    fn storage_config(&self) -> StorageConfig {
+        let mut cfg = StorageConfig::new(&self.data_dir);
+        cfg.retention = self.retention;
+        cfg.flush_age = self.flush_interval;
+        cfg.flush_rows = self.flush_rows;
+        cfg.buffer_budget_bytes = self.buffer_budget_bytes;
+        cfg.maintenance_interval = self.maintenance_interval;
+        cfg
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for {what} (is another process using it?)")
+    })
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let telemetry = Telemetry::new();
+    let storage = Storage::open(args.storage_config(), telemetry)
+        .await
+        .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
+
+    let ingest = IngestState::new(
+        storage.clone(),
+        IngestConfig {
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    let query = QueryState::new(storage.clone());
+
+    let http = bind(args.http_addr, "the Zipkin/HTTP API").await?;
+    let otlp_http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;
+    let otlp_grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
+    tracing::info!(
+        http = %http.local_addr()?, otlp_http = %otlp_http.local_addr()?, otlp_grpc = %otlp_grpc.local_addr()?,
+        data_dir = %args.data_dir.display(), "meshlens is serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let http_app =
+        meshlens_ingest::zipkin_router(ingest.clone()).merge(meshlens_query::router(query));
+    // Small responses must not wait for delayed ACKs.
+    let http = http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let otlp_http = otlp_http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http_task = tokio::spawn(
+        axum::serve(http, http_app.into_make_service())
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let otlp_http_task = tokio::spawn(
+        axum::serve(
+            otlp_http,
+            meshlens_ingest::otlp_http_router(ingest.clone()).into_make_service(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(otlp_grpc).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(meshlens_ingest::otlp_grpc_service(ingest.clone()))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing listeners, then flushing buffered spans");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = http_task.await;
+        let _ = otlp_http_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    storage.shutdown().await.context("flushing on shutdown")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

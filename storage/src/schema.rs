@@ -1,0 +1,649 @@
+//! The `spans` table: its Arrow schema and the conversions between
+//! [`Span`]s and record batches.
+//!
+//! Frequently used string tags (Envoy/Istio) get columns of their own so that
+//! they compress well and can be filtered without touching the map; they are
+//! moved out of the attribute map on write and put back on read, so a span
+//! reads back exactly as it was sent.
+
+use crate::model::{
+    AttrValue, Attributes, Endpoint, Event, Link, Span, SpanId, SpanKind, StatusCode, TraceId,
+    UnixNanos,
+};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, FixedSizeBinaryArray,
+    FixedSizeBinaryBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder, ListBuilder,
+    MapArray, MapBuilder, MapFieldNames, StringArray, StringBuilder, StringDictionaryBuilder,
+    StructArray, StructBuilder, UInt8Array, UInt8Builder, UInt32Array, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use std::sync::{Arc, LazyLock};
+
+/// String tags stored in columns of their own: (tag key, column name).
+pub const PROMOTED_TAGS: &[(&str, &str)] = &[
+    ("component", "tag_component"),
+    ("http.method", "tag_http_method"),
+    ("http.status_code", "tag_http_status_code"),
+    ("http.url", "tag_http_url"),
+    ("http.protocol", "tag_http_protocol"),
+    ("response_flags", "tag_response_flags"),
+    ("upstream_cluster", "tag_upstream_cluster"),
+    ("downstream_cluster", "tag_downstream_cluster"),
+    ("node_id", "tag_node_id"),
+    ("user_agent", "tag_user_agent"),
+    ("request_size", "tag_request_size"),
+    ("response_size", "tag_response_size"),
+    ("peer.address", "tag_peer_address"),
+    ("istio.canonical_service", "tag_istio_canonical_service"),
+    ("istio.canonical_revision", "tag_istio_canonical_revision"),
+    ("istio.namespace", "tag_istio_namespace"),
+    ("guid:x-request-id", "tag_request_id"),
+];
+
+/// Promoted tags whose values are nearly unique per span: plain strings,
+/// not dictionaries.
+const UNIQUE_TAGS: &[&str] = &["tag_request_id", "tag_http_url"];
+
+pub const TRACE_ID: &str = "trace_id";
+pub const START: &str = "start_time_unix_nano";
+pub const SERVICE: &str = "service_name";
+
+fn dict() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+fn map_type() -> DataType {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![
+            Field::new("keys", DataType::Utf8, false),
+            Field::new("values", DataType::Utf8, true),
+        ])),
+        false,
+    );
+    DataType::Map(Arc::new(entries), false)
+}
+
+fn event_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("time_unix_nano", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("attributes", DataType::Utf8, true),
+    ])
+}
+
+fn link_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), true),
+        Field::new("span_id", DataType::FixedSizeBinary(8), true),
+        Field::new("trace_state", DataType::Utf8, true),
+        Field::new("attributes", DataType::Utf8, true),
+    ])
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![
+        Field::new(TRACE_ID, DataType::FixedSizeBinary(16), false),
+        Field::new("trace_id_64", DataType::Boolean, false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        Field::new("name", dict(), true),
+        Field::new("kind", DataType::UInt8, false),
+        Field::new(START, DataType::Int64, true),
+        Field::new("duration_nano", DataType::Int64, true),
+        Field::new(SERVICE, dict(), true),
+        Field::new("local_ipv4", dict(), true),
+        Field::new("local_ipv6", dict(), true),
+        Field::new("local_port", DataType::Int32, true),
+        Field::new("remote_service_name", dict(), true),
+        Field::new("remote_ipv4", dict(), true),
+        Field::new("remote_ipv6", dict(), true),
+        Field::new("remote_port", DataType::Int32, true),
+        Field::new("shared", DataType::Boolean, false),
+        Field::new("debug", DataType::Boolean, false),
+        Field::new("status_code", DataType::UInt8, false),
+        Field::new("status_message", DataType::Utf8, true),
+    ];
+    for (_, col) in PROMOTED_TAGS {
+        let ty = if UNIQUE_TAGS.contains(col) {
+            DataType::Utf8
+        } else {
+            dict()
+        };
+        fields.push(Field::new(*col, ty, true));
+    }
+    fields.extend([
+        Field::new("attributes", map_type(), true),
+        Field::new("attributes_typed", map_type(), true),
+        Field::new("resource_attributes", map_type(), true),
+        Field::new("resource_attributes_typed", map_type(), true),
+        Field::new(
+            "events",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(event_fields()),
+                true,
+            ))),
+            true,
+        ),
+        Field::new(
+            "links",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(link_fields()),
+                true,
+            ))),
+            true,
+        ),
+        Field::new("trace_state", DataType::Utf8, true),
+        Field::new("flags", DataType::UInt32, true),
+        Field::new("scope_name", dict(), true),
+        Field::new("scope_version", dict(), true),
+        Field::new("extra", DataType::Utf8, true),
+    ]);
+    Arc::new(Schema::new(fields))
+});
+
+/// The schema of the `spans` table.
+pub fn spans_schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+type Dict = StringDictionaryBuilder<Int32Type>;
+
+enum TagBuilder {
+    Dict(Dict),
+    Plain(StringBuilder),
+}
+
+impl TagBuilder {
+    fn append(&mut self, v: Option<&str>) {
+        match self {
+            TagBuilder::Dict(b) => b.append_option(v),
+            TagBuilder::Plain(b) => b.append_option(v),
+        }
+    }
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            TagBuilder::Dict(b) => Arc::new(b.finish()),
+            TagBuilder::Plain(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn new_map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::new(
+        Some(MapFieldNames {
+            entry: "entries".into(),
+            key: "keys".into(),
+            value: "values".into(),
+        }),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    )
+}
+
+/// Typed attribute values are stored as text with a one-letter type prefix.
+fn encode_typed(v: &AttrValue) -> String {
+    match v {
+        AttrValue::Str(s) => format!("s:{s}"),
+        AttrValue::Bool(b) => format!("b:{b}"),
+        AttrValue::Int(i) => format!("i:{i}"),
+        AttrValue::Double(d) => format!("d:{}", d.to_bits()),
+        AttrValue::Json(j) => format!("j:{j}"),
+    }
+}
+
+fn decode_typed(s: &str) -> AttrValue {
+    let (tag, rest) = s.split_at(s.len().min(2));
+    match tag {
+        "b:" => AttrValue::Bool(rest == "true"),
+        "i:" => rest
+            .parse()
+            .map(AttrValue::Int)
+            .unwrap_or_else(|_| AttrValue::Str(rest.into())),
+        "d:" => rest
+            .parse::<u64>()
+            .map(|b| AttrValue::Double(f64::from_bits(b)))
+            .unwrap_or_else(|_| AttrValue::Str(rest.into())),
+        "j:" => AttrValue::Json(rest.into()),
+        "s:" => AttrValue::Str(rest.into()),
+        _ => AttrValue::Str(s.into()),
+    }
+}
+
+/// Writes string attributes (minus `skip`) into `plain` and the others into `typed`.
+fn append_attrs(
+    attrs: &Attributes,
+    skip: &[(&str, &str)],
+    plain: &mut MapBuilder<StringBuilder, StringBuilder>,
+    typed: &mut MapBuilder<StringBuilder, StringBuilder>,
+) -> Result<(), ArrowError> {
+    for (k, v) in attrs {
+        match v {
+            AttrValue::Str(s) => {
+                if skip.iter().any(|(key, _)| key == k) {
+                    continue;
+                }
+                plain.keys().append_value(k);
+                plain.values().append_value(s);
+            }
+            other => {
+                typed.keys().append_value(k);
+                typed.values().append_value(encode_typed(other));
+            }
+        }
+    }
+    plain.append(true)?;
+    typed.append(true)?;
+    Ok(())
+}
+
+/// Converts spans into one record batch of the `spans` schema.
+pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ArrowError> {
+    let n = spans.len();
+    let mut trace_id = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    let mut trace_id_64 = BooleanBuilder::with_capacity(n);
+    let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut name = Dict::new();
+    let mut kind = UInt8Builder::with_capacity(n);
+    let mut start = Int64Builder::with_capacity(n);
+    let mut duration = Int64Builder::with_capacity(n);
+    let mut service = Dict::new();
+    let mut local_ipv4 = Dict::new();
+    let mut local_ipv6 = Dict::new();
+    let mut local_port = Int32Builder::with_capacity(n);
+    let mut remote_service = Dict::new();
+    let mut remote_ipv4 = Dict::new();
+    let mut remote_ipv6 = Dict::new();
+    let mut remote_port = Int32Builder::with_capacity(n);
+    let mut shared = BooleanBuilder::with_capacity(n);
+    let mut debug = BooleanBuilder::with_capacity(n);
+    let mut status_code = UInt8Builder::with_capacity(n);
+    let mut status_message = StringBuilder::new();
+    let mut tags: Vec<TagBuilder> = PROMOTED_TAGS
+        .iter()
+        .map(|(_, col)| {
+            if UNIQUE_TAGS.contains(col) {
+                TagBuilder::Plain(StringBuilder::new())
+            } else {
+                TagBuilder::Dict(Dict::new())
+            }
+        })
+        .collect();
+    let mut attrs = new_map_builder();
+    let mut attrs_typed = new_map_builder();
+    let mut res = new_map_builder();
+    let mut res_typed = new_map_builder();
+    let mut events = ListBuilder::new(StructBuilder::from_fields(event_fields(), 0));
+    let mut links = ListBuilder::new(StructBuilder::from_fields(link_fields(), 0));
+    let mut trace_state = StringBuilder::new();
+    let mut flags = UInt32Builder::with_capacity(n);
+    let mut scope_name = Dict::new();
+    let mut scope_version = Dict::new();
+    let mut extra = StringBuilder::new();
+
+    for s in spans {
+        trace_id.append_value(s.trace_id.0)?;
+        trace_id_64.append_value(s.trace_id_64);
+        span_id.append_value(s.span_id.0)?;
+        match s.parent_span_id {
+            Some(p) => parent.append_value(p.0)?,
+            None => parent.append_null(),
+        }
+        name.append_value(&s.name);
+        kind.append_value(s.kind as u8);
+        start.append_option(s.start.map(|t| t.0));
+        duration.append_option(s.duration_nanos);
+        service.append_option(s.local.service_name.as_deref());
+        local_ipv4.append_option(s.local.ipv4.as_deref());
+        local_ipv6.append_option(s.local.ipv6.as_deref());
+        local_port.append_option(s.local.port);
+        remote_service.append_option(s.remote.service_name.as_deref());
+        remote_ipv4.append_option(s.remote.ipv4.as_deref());
+        remote_ipv6.append_option(s.remote.ipv6.as_deref());
+        remote_port.append_option(s.remote.port);
+        shared.append_value(s.shared);
+        debug.append_value(s.debug);
+        status_code.append_value(s.status_code as u8);
+        status_message.append_option(s.status_message.as_deref());
+        for ((key, _), b) in PROMOTED_TAGS.iter().zip(tags.iter_mut()) {
+            b.append(s.attributes.get(*key).and_then(|v| v.as_str()));
+        }
+        append_attrs(&s.attributes, PROMOTED_TAGS, &mut attrs, &mut attrs_typed)?;
+        append_attrs(&s.resource, &[], &mut res, &mut res_typed)?;
+
+        for e in &s.events {
+            let sb = events.values();
+            sb.field_builder::<Int64Builder>(0)
+                .ok_or_else(|| ArrowError::SchemaError("events.time".into()))?
+                .append_value(e.time.0);
+            sb.field_builder::<StringBuilder>(1)
+                .ok_or_else(|| ArrowError::SchemaError("events.name".into()))?
+                .append_value(&e.name);
+            sb.field_builder::<StringBuilder>(2)
+                .ok_or_else(|| ArrowError::SchemaError("events.attributes".into()))?
+                .append_option(e.attributes_json.as_deref());
+            sb.append(true);
+        }
+        events.append(true);
+        for l in &s.links {
+            let sb = links.values();
+            sb.field_builder::<FixedSizeBinaryBuilder>(0)
+                .ok_or_else(|| ArrowError::SchemaError("links.trace_id".into()))?
+                .append_value(l.trace_id.0)?;
+            sb.field_builder::<FixedSizeBinaryBuilder>(1)
+                .ok_or_else(|| ArrowError::SchemaError("links.span_id".into()))?
+                .append_value(l.span_id.0)?;
+            sb.field_builder::<StringBuilder>(2)
+                .ok_or_else(|| ArrowError::SchemaError("links.trace_state".into()))?
+                .append_option(l.trace_state.as_deref());
+            sb.field_builder::<StringBuilder>(3)
+                .ok_or_else(|| ArrowError::SchemaError("links.attributes".into()))?
+                .append_option(l.attributes_json.as_deref());
+            sb.append(true);
+        }
+        links.append(true);
+        trace_state.append_option(s.trace_state.as_deref());
+        flags.append_option(s.flags);
+        scope_name.append_option(s.scope_name.as_deref());
+        scope_version.append_option(s.scope_version.as_deref());
+        extra.append_option(s.extra_json.as_deref());
+    }
+
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(trace_id.finish()),
+        Arc::new(trace_id_64.finish()),
+        Arc::new(span_id.finish()),
+        Arc::new(parent.finish()),
+        Arc::new(name.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(start.finish()),
+        Arc::new(duration.finish()),
+        Arc::new(service.finish()),
+        Arc::new(local_ipv4.finish()),
+        Arc::new(local_ipv6.finish()),
+        Arc::new(local_port.finish()),
+        Arc::new(remote_service.finish()),
+        Arc::new(remote_ipv4.finish()),
+        Arc::new(remote_ipv6.finish()),
+        Arc::new(remote_port.finish()),
+        Arc::new(shared.finish()),
+        Arc::new(debug.finish()),
+        Arc::new(status_code.finish()),
+        Arc::new(status_message.finish()),
+    ];
+    for b in tags.iter_mut() {
+        columns.push(b.finish());
+    }
+    columns.extend([
+        Arc::new(attrs.finish()) as ArrayRef,
+        Arc::new(attrs_typed.finish()),
+        Arc::new(res.finish()),
+        Arc::new(res_typed.finish()),
+        Arc::new(events.finish()),
+        Arc::new(links.finish()),
+        Arc::new(trace_state.finish()),
+        Arc::new(flags.finish()),
+        Arc::new(scope_name.finish()),
+        Arc::new(scope_version.finish()),
+        Arc::new(extra.finish()),
+    ]);
+    // The builders above produce non-nullable children for the list/map
+    // fields; cast to the declared schema where the field metadata differs.
+    let schema = spans_schema();
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                arrow::compute::cast(&c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
+}
+
+/// Reads a batch column by name as strings, whatever its string encoding.
+fn strings(batch: &RecordBatch, name: &str) -> Result<Option<StringArray>, ArrowError> {
+    let Some(col) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let cast = arrow::compute::cast(col, &DataType::Utf8)?;
+    Ok(Some(cast.as_string::<i32>().clone()))
+}
+
+fn opt_str(a: &Option<StringArray>, i: usize) -> Option<String> {
+    a.as_ref()
+        .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string()))
+}
+
+fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Option<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+}
+
+fn read_map(map: Option<&MapArray>, i: usize, typed: bool, out: &mut Attributes) {
+    let Some(map) = map else { return };
+    if map.is_null(i) {
+        return;
+    }
+    let entries: StructArray = map.value(i);
+    let keys = entries.column(0).as_string::<i32>();
+    let values = entries.column(1).as_string::<i32>();
+    for j in 0..entries.len() {
+        let v = values.value(j);
+        let v = if typed {
+            decode_typed(v)
+        } else {
+            AttrValue::Str(v.to_string())
+        };
+        out.insert(keys.value(j).to_string(), v);
+    }
+}
+
+fn ids16(a: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
+    a.value(i).try_into().unwrap_or_default()
+}
+fn ids8(a: &FixedSizeBinaryArray, i: usize) -> [u8; 8] {
+    a.value(i).try_into().unwrap_or_default()
+}
+
+/// Converts a batch of the `spans` schema (or any projection of it that
+/// keeps the id columns) back into spans.
+pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ArrowError> {
+    let missing = |c: &str| ArrowError::SchemaError(format!("spans batch lacks column {c}"));
+    let trace_id = col::<FixedSizeBinaryArray>(batch, TRACE_ID).ok_or_else(|| missing(TRACE_ID))?;
+    let span_id =
+        col::<FixedSizeBinaryArray>(batch, "span_id").ok_or_else(|| missing("span_id"))?;
+    let trace_id_64 = col::<BooleanArray>(batch, "trace_id_64");
+    let parent = col::<FixedSizeBinaryArray>(batch, "parent_span_id");
+    let kind = col::<UInt8Array>(batch, "kind");
+    let start = col::<Int64Array>(batch, START);
+    let duration = col::<Int64Array>(batch, "duration_nano");
+    let local_port = col::<Int32Array>(batch, "local_port");
+    let remote_port = col::<Int32Array>(batch, "remote_port");
+    let shared = col::<BooleanArray>(batch, "shared");
+    let debug = col::<BooleanArray>(batch, "debug");
+    let status_code = col::<UInt8Array>(batch, "status_code");
+    let flags = col::<UInt32Array>(batch, "flags");
+    let name = strings(batch, "name")?;
+    let service = strings(batch, SERVICE)?;
+    let local_ipv4 = strings(batch, "local_ipv4")?;
+    let local_ipv6 = strings(batch, "local_ipv6")?;
+    let remote_service = strings(batch, "remote_service_name")?;
+    let remote_ipv4 = strings(batch, "remote_ipv4")?;
+    let remote_ipv6 = strings(batch, "remote_ipv6")?;
+    let status_message = strings(batch, "status_message")?;
+    let trace_state = strings(batch, "trace_state")?;
+    let scope_name = strings(batch, "scope_name")?;
+    let scope_version = strings(batch, "scope_version")?;
+    let extra = strings(batch, "extra")?;
+    let tags = PROMOTED_TAGS
+        .iter()
+        .map(|(k, c)| Ok((*k, strings(batch, c)?)))
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    let attrs = col::<MapArray>(batch, "attributes");
+    let attrs_typed = col::<MapArray>(batch, "attributes_typed");
+    let res = col::<MapArray>(batch, "resource_attributes");
+    let res_typed = col::<MapArray>(batch, "resource_attributes_typed");
+    let events = batch.column_by_name("events").map(|c| c.as_list::<i32>());
+    let links = batch.column_by_name("links").map(|c| c.as_list::<i32>());
+
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut attributes = Attributes::new();
+        for (k, a) in &tags {
+            if let Some(v) = opt_str(a, i) {
+                attributes.insert((*k).to_string(), AttrValue::Str(v));
+            }
+        }
+        read_map(attrs, i, false, &mut attributes);
+        read_map(attrs_typed, i, true, &mut attributes);
+        let mut resource = Attributes::new();
+        read_map(res, i, false, &mut resource);
+        read_map(res_typed, i, true, &mut resource);
+
+        let mut span_events = Vec::new();
+        if let Some(list) = events.filter(|l| !l.is_null(i)) {
+            let items = list.value(i);
+            let items = items.as_struct();
+            let t = items
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let n = items.column(1).as_string::<i32>();
+            let a = items.column(2).as_string::<i32>();
+            for j in 0..items.len() {
+                span_events.push(Event {
+                    time: UnixNanos(t.value(j)),
+                    name: n.value(j).to_string(),
+                    attributes_json: (!a.is_null(j)).then(|| a.value(j).to_string()),
+                });
+            }
+        }
+        let mut span_links = Vec::new();
+        if let Some(list) = links.filter(|l| !l.is_null(i)) {
+            let items = list.value(i);
+            let items = items.as_struct();
+            let t = items.column(0).as_fixed_size_binary();
+            let s = items.column(1).as_fixed_size_binary();
+            let ts = items.column(2).as_string::<i32>();
+            let a = items.column(3).as_string::<i32>();
+            for j in 0..items.len() {
+                span_links.push(Link {
+                    trace_id: TraceId(ids16(t, j)),
+                    span_id: SpanId(ids8(s, j)),
+                    trace_state: (!ts.is_null(j)).then(|| ts.value(j).to_string()),
+                    attributes_json: (!a.is_null(j)).then(|| a.value(j).to_string()),
+                });
+            }
+        }
+
+        out.push(Span {
+            trace_id: TraceId(ids16(trace_id, i)),
+            trace_id_64: trace_id_64.is_some_and(|a| a.value(i)),
+            span_id: SpanId(ids8(span_id, i)),
+            parent_span_id: parent.and_then(|p| (!p.is_null(i)).then(|| SpanId(ids8(p, i)))),
+            name: opt_str(&name, i).unwrap_or_default(),
+            kind: SpanKind::from_u8(kind.map_or(0, |k| k.value(i))),
+            start: start.and_then(|a| (!a.is_null(i)).then(|| UnixNanos(a.value(i)))),
+            duration_nanos: duration.and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+            local: Endpoint {
+                service_name: opt_str(&service, i),
+                ipv4: opt_str(&local_ipv4, i),
+                ipv6: opt_str(&local_ipv6, i),
+                port: local_port.and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+            },
+            remote: Endpoint {
+                service_name: opt_str(&remote_service, i),
+                ipv4: opt_str(&remote_ipv4, i),
+                ipv6: opt_str(&remote_ipv6, i),
+                port: remote_port.and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+            },
+            shared: shared.is_some_and(|a| a.value(i)),
+            debug: debug.is_some_and(|a| a.value(i)),
+            status_code: StatusCode::from_u8(status_code.map_or(0, |a| a.value(i))),
+            status_message: opt_str(&status_message, i),
+            attributes,
+            resource,
+            events: span_events,
+            links: span_links,
+            trace_state: opt_str(&trace_state, i),
+            flags: flags.and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+            scope_name: opt_str(&scope_name, i),
+            scope_version: opt_str(&scope_version, i),
+            extra_json: opt_str(&extra, i),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_span(i: u64) -> Span {
+        let mut attributes = Attributes::new();
+        attributes.insert("http.method".into(), AttrValue::Str("GET".into()));
+        attributes.insert("custom".into(), AttrValue::Str(format!("v{i}")));
+        attributes.insert("retries".into(), AttrValue::Int(3));
+        attributes.insert("ratio".into(), AttrValue::Double(0.1));
+        attributes.insert("ok".into(), AttrValue::Bool(true));
+        let mut resource = Attributes::new();
+        resource.insert("service.name".into(), AttrValue::Str("svc".into()));
+        Span {
+            trace_id: TraceId::from_u64s(0, i + 1),
+            trace_id_64: true,
+            span_id: SpanId((i + 7).to_be_bytes()),
+            parent_span_id: (i % 2 == 0).then(|| SpanId(9u64.to_be_bytes())),
+            name: "get /".into(),
+            kind: SpanKind::Server,
+            start: Some(UnixNanos::from_micros(1_700_000_000_000_000 + i as i64)),
+            duration_nanos: Some(1500),
+            local: Endpoint {
+                service_name: Some("frontend".into()),
+                ipv4: Some("10.0.0.1".into()),
+                ipv6: None,
+                port: Some(8080),
+            },
+            remote: Endpoint::default(),
+            shared: true,
+            debug: false,
+            status_code: StatusCode::Error,
+            status_message: Some("boom".into()),
+            attributes,
+            resource,
+            events: vec![Event {
+                time: UnixNanos(5),
+                name: "wr".into(),
+                attributes_json: None,
+            }],
+            links: vec![Link {
+                trace_id: TraceId::from_u64s(1, 2),
+                span_id: SpanId([1; 8]),
+                trace_state: Some("a=b".into()),
+                attributes_json: None,
+            }],
+            trace_state: None,
+            flags: Some(1),
+            scope_name: Some("lib".into()),
+            scope_version: None,
+            extra_json: None,
+        }
+    }
+
+    #[test]
+    fn batch_round_trip_keeps_every_field() {
+        let spans: Vec<Span> = (0..5).map(sample_span).chain([Span::default()]).collect();
+        let batch = spans_to_batch(&spans).expect("batch");
+        assert_eq!(batch.num_rows(), 6);
+        let back = batch_to_spans(&batch).expect("spans");
+        assert_eq!(back, spans);
+    }
+}
