@@ -27,4 +27,4 @@ echo "== cargo build"
 cargo build --locked --tests --bins
 
 echo "== cargo test"
-cargo test --locked --workspace "$@"
+cargo test --locked --workspace --no-fail-fast "$@"

@@ -28,7 +28,7 @@ fn trace(n: u64, ts: i64) -> Vec<Value> {
                "localEndpoint": {"serviceName": "frontend"}}),
         json!({"traceId": tid, "parentId": root, "id": call, "kind": "SERVER", "name": "get /api", "timestamp": ts + 20, "duration": 2000,
                "localEndpoint": {"serviceName": "backend"}, "shared": true,
-               "tags": if n % 3 == 0 { json!({"error": "boom"}) } else { json!({}) }}),
+               "tags": if n.is_multiple_of(3) { json!({"error": "boom"}) } else { json!({}) }}),
         json!({"traceId": tid, "parentId": call, "id": db, "kind": "CLIENT", "name": "select", "timestamp": ts + 30, "duration": 900,
                "localEndpoint": {"serviceName": "backend"}, "remoteEndpoint": {"serviceName": "postgres", "port": 5432}}),
     ]

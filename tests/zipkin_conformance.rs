@@ -1,5 +1,6 @@
 //! Real Zipkin traces (../shared/conformance/zipkin/traces) posted to a real
 //! meshlens and read back through the Zipkin v2 API.
+#![allow(clippy::type_complexity)]
 
 mod common;
 

@@ -7,8 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static N: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) async fn state_with(config: IngestConfig) -> IngestState {
-    let dir = std::env::temp_dir().join(format!(
-        "meshlens-ingest-test-{}-{}",
+    let root = std::env::temp_dir().join("meshlens-ingest-tests");
+    // Data of earlier runs is useless: clear it once per test process.
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    CLEAN.call_once(|| {
+        let _ = std::fs::remove_dir_all(&root);
+    });
+    let dir = root.join(format!(
+        "{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));

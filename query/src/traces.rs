@@ -3,6 +3,7 @@
 
 use crate::error::QueryError;
 use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::prelude::{Expr, col, lit};
 use meshlens_storage::Storage;
 use meshlens_storage::model::{Span, TraceId, UnixNanos};
@@ -137,7 +138,21 @@ impl TraceStore {
         // trace id -> newest matching span start
         let mut newest: HashMap<TraceId, i64> = HashMap::new();
         if q.annotations.is_empty() {
-            for b in self.collect(f, Some(&[TRACE_ID, START])).await? {
+            // Let DataFusion keep only the newest `limit` traces.
+            let started = std::time::Instant::now();
+            let df = self
+                .storage
+                .session()
+                .table("spans")
+                .await?
+                .filter(f)?
+                .aggregate(vec![col(TRACE_ID)], vec![max(col(START)).alias("newest")])?
+                .sort(vec![
+                    col("newest").sort(false, true),
+                    col(TRACE_ID).sort(true, true),
+                ])?
+                .limit(0, Some(q.limit))?;
+            for b in df.collect().await? {
                 let ids = b
                     .column(0)
                     .as_any()
@@ -150,12 +165,17 @@ impl TraceStore {
                     continue;
                 };
                 for i in 0..b.num_rows() {
-                    let id = TraceId(ids.value(i).try_into().unwrap_or_default());
-                    let t = starts.value(i);
-                    let e = newest.entry(id).or_insert(t);
-                    *e = (*e).max(t);
+                    newest.insert(
+                        TraceId(ids.value(i).try_into().unwrap_or_default()),
+                        starts.value(i),
+                    );
                 }
             }
+            self.storage.telemetry().observe(
+                "meshlens_storage_scan_seconds",
+                &[],
+                started.elapsed().as_secs_f64(),
+            );
         } else {
             for s in self.spans(f).await? {
                 if q.annotations.iter().all(|t| term_matches(&s, t)) {

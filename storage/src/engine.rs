@@ -20,6 +20,7 @@ use crate::model::{Span, UnixNanos};
 use crate::schema::{spans_schema, spans_to_batch};
 use crate::table::SpansTable;
 use crate::telemetry::Telemetry;
+use crate::tindex::{TraceFilter, sidecar_path};
 use crate::wal::{self, Wal};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
@@ -30,6 +31,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +105,8 @@ pub(crate) struct Shared {
     config: StorageConfig,
     flush_wanted: Notify,
     wal_bytes: AtomicU64,
+    /// Trace-id filter of each file, by path.
+    pub(crate) filters: parking_lot::RwLock<HashMap<String, Arc<TraceFilter>>>,
 }
 
 impl Shared {
@@ -260,6 +264,23 @@ impl Storage {
             "storage opened; WAL replayed"
         );
 
+        let mut filters = HashMap::new();
+        for f in &manifest.files {
+            let side = ObjectPath::from(sidecar_path(&f.path));
+            match store.get(&side).await {
+                Ok(r) => match TraceFilter::decode(&r.bytes().await?) {
+                    Some(tf) => {
+                        filters.insert(f.path.clone(), Arc::new(tf));
+                    }
+                    None => {
+                        tracing::warn!(path = %side, "unreadable trace-id filter; the file will always be read")
+                    }
+                },
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+
         let store_url = ObjectStoreUrl::parse("meshlens://data")?;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -270,6 +291,7 @@ impl Storage {
             wal_bytes: AtomicU64::new(wal.total_bytes()),
             config: cfg,
             flush_wanted: Notify::new(),
+            filters: parking_lot::RwLock::new(filters),
         });
 
         let (wal_tx, wal_rx) = mpsc::channel();
@@ -480,10 +502,11 @@ impl Storage {
                 let sorted = files::sort_batch(&part)?;
                 let id = manifest.next_file_id;
                 let path = files::file_path(partition, id);
-                entries.push(
+                let (entry, filter) =
                     files::write_file(self.shared.store.as_ref(), &path, partition, 0, &sorted)
-                        .await?,
-                );
+                        .await?;
+                self.remember_filter(&entry, filter);
+                entries.push(entry);
                 manifest.next_file_id += 1;
             }
             let mut next = manifest.clone();
@@ -516,6 +539,15 @@ impl Storage {
         Ok(())
     }
 
+    fn remember_filter(&self, entry: &FileEntry, filter: Option<TraceFilter>) {
+        if let Some(f) = filter {
+            self.shared
+                .filters
+                .write()
+                .insert(entry.path.clone(), Arc::new(f));
+        }
+    }
+
     async fn replace_files(
         &self,
         manifest: &mut Manifest,
@@ -528,13 +560,25 @@ impl Storage {
         next.store(self.shared.store.as_ref()).await?;
         *manifest = next;
         self.shared.state.lock().files = Arc::new(manifest.files.clone());
+        {
+            let mut filters = self.shared.filters.write();
+            for p in remove {
+                filters.remove(p);
+            }
+        }
         // Queries that took a snapshot a moment ago may still read these.
         let store = self.shared.store.clone();
         let remove = remove.to_vec();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            for p in remove {
-                if let Err(e) = store.delete(&ObjectPath::from(p.as_str())).await {
+            for p in remove
+                .iter()
+                .cloned()
+                .chain(remove.iter().map(|p| sidecar_path(p)))
+            {
+                if let Err(e) = store.delete(&ObjectPath::from(p.as_str())).await
+                    && !matches!(e, object_store::Error::NotFound { .. })
+                {
                     tracing::warn!(path = %p, error = %e, "could not delete an obsolete file");
                 }
             }
@@ -604,9 +648,10 @@ impl Storage {
             manifest.next_file_id += 1;
             let level = small.iter().map(|f| f.level).max().unwrap_or(0) + 1;
             let path = files::file_path(partition, id);
-            let entry =
+            let (entry, filter) =
                 files::write_file(self.shared.store.as_ref(), &path, partition, level, &sorted)
                     .await?;
+            self.remember_filter(&entry, filter);
             let removed: Vec<String> = small.iter().map(|f| f.path.clone()).collect();
             tracing::info!(
                 partition,
@@ -637,7 +682,8 @@ impl Storage {
         }
         let flushed = self.flush().await;
         let _ = self.wal_tx.send(WalCmd::Stop);
-        if let Some(t) = self.wal_thread.lock().take() {
+        let thread = self.wal_thread.lock().take();
+        if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         flushed

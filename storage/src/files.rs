@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::manifest::FileEntry;
 use crate::schema::{SERVICE, START, TRACE_ID, spans_schema};
+use crate::tindex::{TraceFilter, sidecar_path};
 use arrow::array::{Array, AsArray, FixedSizeBinaryArray, Int64Array, UInt32Array};
 use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::Int64Type;
@@ -120,14 +121,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Writes one sorted batch as a Parquet file and describes it for the manifest.
+/// Writes one sorted batch as a Parquet file (and its trace-id filter
+/// beside it) and describes it for the manifest.
 pub async fn write_file(
     store: &dyn ObjectStore,
     path: &str,
     partition: i64,
     level: u32,
     batch: &RecordBatch,
-) -> Result<FileEntry> {
+) -> Result<(FileEntry, Option<TraceFilter>)> {
     let rows = batch.num_rows();
     let mut buf = Vec::with_capacity(rows * 64);
     {
@@ -137,8 +139,17 @@ pub async fn write_file(
     }
     let bytes = buf.len() as u64;
     let entry = describe(batch, path, partition, level, bytes)?;
+    let filter = batch
+        .column_by_name(TRACE_ID)
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+        .and_then(|ids| TraceFilter::build(ids.iter().flatten()));
+    if let Some(f) = &filter {
+        store
+            .put(&ObjectPath::from(sidecar_path(path)), f.encode().into())
+            .await?;
+    }
     store.put(&ObjectPath::from(path), buf.into()).await?;
-    Ok(entry)
+    Ok((entry, filter))
 }
 
 fn describe(

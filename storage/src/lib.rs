@@ -14,6 +14,7 @@ mod engine;
 mod files;
 mod manifest;
 mod table;
+mod tindex;
 mod wal;
 
 pub use engine::{Snapshot, Storage, StorageConfig};

@@ -601,7 +601,7 @@ mod tests {
             trace_id: TraceId::from_u64s(0, i + 1),
             trace_id_64: true,
             span_id: SpanId((i + 7).to_be_bytes()),
-            parent_span_id: (i % 2 == 0).then(|| SpanId(9u64.to_be_bytes())),
+            parent_span_id: i.is_multiple_of(2).then(|| SpanId(9u64.to_be_bytes())),
             name: "get /".into(),
             kind: SpanKind::Server,
             start: Some(UnixNanos::from_micros(1_700_000_000_000_000 + i as i64)),

@@ -9,6 +9,7 @@
 use crate::engine::Shared;
 use crate::manifest::FileEntry;
 use crate::schema::{SERVICE, START, TRACE_ID, spans_schema};
+use crate::tindex::TraceFilter;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -170,8 +171,8 @@ impl Hints {
         }
     }
 
-    /// Could `f` hold a row that passes the filters?
-    pub(crate) fn may_match(&self, f: &FileEntry) -> bool {
+    /// Could `f` (with its trace-id filter, if any) hold a row that passes the filters?
+    pub(crate) fn may_match(&self, f: &FileEntry, ids: Option<&TraceFilter>) -> bool {
         if let Some(lo) = self.min_start
             && f.max_time < lo
         {
@@ -184,6 +185,11 @@ impl Hints {
         }
         if let Some(s) = &self.service
             && !f.services.iter().any(|x| x == s)
+        {
+            return false;
+        }
+        if let (Some(wanted), Some(filter)) = (&self.trace_ids, ids)
+            && !wanted.iter().any(|id| filter.may_contain(id))
         {
             return false;
         }
@@ -233,22 +239,25 @@ impl TableProvider for SpansTable {
 
         if !snapshot.batches.is_empty() {
             let mem = MemorySourceConfig::try_new(
-                &[snapshot.batches.clone()],
+                std::slice::from_ref(&snapshot.batches),
                 schema.clone(),
                 projection.cloned(),
             )?;
             inputs.push(DataSourceExec::from_data_source(mem));
         }
 
-        let files: Vec<&FileEntry> = snapshot
-            .files
-            .iter()
-            .filter(|f| hints.may_match(f))
-            .collect();
+        let files: Vec<&FileEntry> = {
+            let filters = self.shared.filters.read();
+            snapshot
+                .files
+                .iter()
+                .filter(|f| hints.may_match(f, filters.get(&f.path).map(|x| x.as_ref())))
+                .collect()
+        };
         if !files.is_empty() {
             let mut source = ParquetSource::new(schema.clone())
                 .with_enable_page_index(true)
-                .with_bloom_filter_on_read(true)
+                .with_bloom_filter_on_read(false)
                 .with_pushdown_filters(true)
                 .with_reorder_filters(true);
             if let Some(pred) = conjunction(filters.to_vec()) {
@@ -322,10 +331,20 @@ mod tests {
             max_trace_id: hex::encode([9u8; 16]),
             level: 0,
         };
-        assert!(!h.may_match(&f), "ends before the window");
+        assert!(!h.may_match(&f, None), "ends before the window");
         f.max_time = 15;
-        assert!(h.may_match(&f));
+        assert!(h.may_match(&f, None));
         f.max_trace_id = hex::encode([6u8; 16]);
-        assert!(!h.may_match(&f), "trace id above the file's range");
+        assert!(!h.may_match(&f, None), "trace id above the file's range");
+        f.max_trace_id = hex::encode([9u8; 16]);
+        let other = crate::tindex::TraceFilter::build([[1u8; 16]].iter().map(|i| i.as_slice()))
+            .expect("filter");
+        assert!(
+            !h.may_match(&f, Some(&other)),
+            "the file's trace-id filter rules it out"
+        );
+        let with =
+            crate::tindex::TraceFilter::build([id].iter().map(|i| i.as_slice())).expect("filter");
+        assert!(h.may_match(&f, Some(&with)));
     }
 }

@@ -202,14 +202,16 @@ impl V1 {
                     value: Some(v),
                     endpoint,
                 }),
-                Some(BinaryValue::Bool(true))
-                    if endpoint.is_some() && matches!(key.as_str(), "ca" | "sa" | "ma") =>
-                {
-                    bins.push(Bin {
-                        key,
-                        value: None,
-                        endpoint,
-                    })
+                // Address annotations: Zipkin keeps `true` ones that have an
+                // endpoint and drops the rest.
+                Some(BinaryValue::Bool(v)) if matches!(key.as_str(), "ca" | "sa" | "ma") => {
+                    if v && endpoint.is_some() {
+                        bins.push(Bin {
+                            key,
+                            value: None,
+                            endpoint,
+                        })
+                    }
                 }
                 Some(BinaryValue::Bool(v)) => bins.push(Bin {
                     key,

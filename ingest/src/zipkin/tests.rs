@@ -1,14 +1,10 @@
-//! Tests of the Zipkin decoders and router. Property tests are in
-//! `tests_prop.rs`.
+//! Tests of the Zipkin decoders. Router tests are in `tests_router.rs`,
+//! property tests in `tests_prop.rs`.
 
 use super::*;
 use crate::error::{JsonErrorKind, Problem};
-use crate::test_util::{now_us, state, state_with};
-use crate::{IngestConfig, metrics};
-use axum::http::Request;
+use crate::test_util::now_us;
 use meshlens_storage::model::{AttrValue, Endpoint, Event, SpanId, SpanKind, TraceId, UnixNanos};
-use std::io::Write;
-use tower::ServiceExt;
 
 const T: i64 = 1_600_000_000_000_000; // 2020-09-13, in µs
 

@@ -9,7 +9,6 @@ use axum::http::Request;
 use std::io::Write;
 use tower::ServiceExt;
 
-
 fn post(uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Request<Body> {
     let mut b = Request::builder().method("POST").uri(uri);
     for (k, v) in headers {

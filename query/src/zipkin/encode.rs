@@ -58,7 +58,7 @@ pub struct ZSpan<'a> {
 }
 
 fn endpoint(e: &Endpoint) -> Option<ZEndpoint<'_>> {
-    (!e.is_empty()).then(|| ZEndpoint {
+    (!e.is_empty()).then_some(ZEndpoint {
         service_name: e.service_name.as_deref(),
         ipv4: e.ipv4.as_deref(),
         ipv6: e.ipv6.as_deref(),

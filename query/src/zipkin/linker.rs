@@ -39,17 +39,17 @@ pub struct Linker {
     links: BTreeMap<(String, String), (u64, u64)>,
 }
 
+/// (service name, ipv4, ipv6, port) of a span's local endpoint.
+type EndpointKey = (Option<String>, Option<String>, Option<String>, Option<i32>);
+
 #[derive(Hash, PartialEq, Eq, Clone, Debug)]
 enum Key {
     Id(SpanId),
     /// A shared span, told apart by its local endpoint.
-    Shared(
-        SpanId,
-        Option<(Option<String>, Option<String>, Option<String>, Option<i32>)>,
-    ),
+    Shared(SpanId, Option<EndpointKey>),
 }
 
-fn endpoint_key(s: &Span) -> Option<(Option<String>, Option<String>, Option<String>, Option<i32>)> {
+fn endpoint_key(s: &Span) -> Option<EndpointKey> {
     (!s.local.is_empty()).then(|| {
         (
             s.local.service_name.clone(),

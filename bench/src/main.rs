@@ -1,0 +1,400 @@
+//! `meshlens-bench`: the load runs behind docs/BENCHMARKS.md.
+//!
+//!   meshlens-bench ingest --format otlp|zipkin   decode + validate + append (WAL fsync) throughput
+//!   meshlens-bench lookup --spans 10000000       disk bytes/span, trace-by-id and search latency
+//!   meshlens-bench send --url URL                HTTP load against a running meshlens (RSS runs)
+
+mod otlp;
+mod spangen;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshlens_query::traces::{TraceQuery, TraceStore};
+use meshlens_storage::model::{Span, TraceId, UnixNanos};
+use meshlens_storage::{Storage, StorageConfig, Telemetry};
+use prost::Message;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest throughput on the calling thread: decode, validate, append (acknowledged after WAL fsync).
+    Ingest {
+        #[arg(long, default_value = "otlp")]
+        format: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Spans per request.
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stores N Envoy-like spans in one hour, then measures disk use, trace-by-id and search.
+    Lookup {
+        #[arg(long, default_value_t = 10_000_000)]
+        spans: u64,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+    },
+    /// Posts Zipkin JSON to a running meshlens for a while.
+    Send {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Target spans per second over all senders (0 = as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+}
+
+fn spans(rng: &mut spangen::Rng, n: usize, start: UnixNanos) -> Vec<Span> {
+    let mut out = Vec::with_capacity(n + 8);
+    let mut t = start.0;
+    while out.len() < n {
+        out.extend(spangen::bookinfo_trace(rng, UnixNanos(t)));
+        t += 1_000_000;
+    }
+    out.truncate(n);
+    out
+}
+
+fn zipkin_json(spans: &[Span]) -> Vec<u8> {
+    let z: Vec<_> = spans
+        .iter()
+        .map(meshlens_query::zipkin::encode::to_zipkin)
+        .collect();
+    serde_json::to_vec(&z).unwrap_or_default()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn ingest(
+    format: String,
+    seconds: u64,
+    concurrency: usize,
+    batch: usize,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = Storage::open(StorageConfig::new(&dir), Telemetry::new()).await?;
+    let mut rng = spangen::Rng::new(42);
+    let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..64)
+            .map(|_| {
+                let s = spans(&mut rng, batch, UnixNanos::now());
+                match format.as_str() {
+                    "otlp" => otlp::request(&s).encode_to_vec(),
+                    _ => zipkin_json(&s),
+                }
+            })
+            .collect(),
+    );
+    let avg_bytes = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len();
+    println!(
+        "format={format} batch={batch} spans/request, {avg_bytes} bytes/request, concurrency={concurrency}"
+    );
+
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (storage, payloads, count, stop, format) = (
+            storage.clone(),
+            payloads.clone(),
+            count.clone(),
+            stop.clone(),
+            format.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let p = &payloads[i % payloads.len()];
+                i += 1;
+                let spans = match format.as_str() {
+                    "otlp" => meshlens_ingest::otlp::decode_otlp_proto(p).map(|b| b.spans),
+                    _ => meshlens_ingest::zipkin::json_v2::decode_json_v2(p),
+                };
+                let spans = spans.expect("decode");
+                let n = spans.len() as u64;
+                storage.append_spans(spans).await.expect("append");
+                count.fetch_add(n, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = count.load(Ordering::Relaxed) as f64 / elapsed;
+    println!(
+        "ingest: {:.0} spans/s acknowledged after WAL fsync ({} spans in {elapsed:.1}s)",
+        rate,
+        count.load(Ordering::Relaxed)
+    );
+
+    // The same payloads through a bare decode, same thread, same time.
+    let started = Instant::now();
+    let mut decoded = 0u64;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(seconds.min(5)) {
+        let p = &payloads[i % payloads.len()];
+        i += 1;
+        decoded += match format.as_str() {
+            "otlp" => {
+                let r = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(p.as_slice())?;
+                r.resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len() as u64)
+                    .sum::<u64>()
+            }
+            _ => serde_json::from_slice::<serde_json::Value>(p)?
+                .as_array()
+                .map_or(0, |a| a.len() as u64),
+        };
+    }
+    let base = decoded as f64 / started.elapsed().as_secs_f64();
+    let what = if format == "otlp" {
+        "bare prost decode"
+    } else {
+        "serde_json::Value parse"
+    };
+    println!(
+        "baseline ({what}): {base:.0} spans/s; ratio ingest/baseline = {:.2}",
+        rate / base
+    );
+    storage.shutdown().await?;
+    Ok(())
+}
+
+async fn lookup(n: u64, dir: PathBuf, queries: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = StorageConfig::new(&dir);
+    cfg.maintenance_interval = Duration::from_secs(24 * 3600);
+    cfg.flush_age = Duration::from_secs(24 * 3600);
+    let storage = Storage::open(cfg, Telemetry::new()).await?;
+    // A closed hour two hours ago, so compaction may merge it.
+    let now = UnixNanos::now().0;
+    let hour = 3_600_000_000_000i64;
+    let hour_start = (now - 2 * hour).div_euclid(hour) * hour;
+    let traces = n / 8;
+    let step = hour / traces.max(1) as i64;
+    let mut rng = spangen::Rng::new(7);
+    let mut sample: Vec<TraceId> = Vec::new();
+    let mut otlp_bytes = 0usize;
+    let mut otlp_spans = 0usize;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut batch = Vec::with_capacity(8_000);
+    for t in 0..traces {
+        let trace = spangen::bookinfo_trace(&mut rng, UnixNanos(hour_start + t as i64 * step));
+        if t % (traces / queries as u64).max(1) == 0 {
+            sample.push(trace[0].trace_id);
+        }
+        if t < 2_000 {
+            otlp_bytes += otlp::request(&trace).encoded_len();
+            otlp_spans += trace.len();
+        }
+        batch.extend(trace);
+        if batch.len() >= 8_000 {
+            let s = storage.clone();
+            let b = std::mem::take(&mut batch);
+            pending.push(tokio::spawn(async move { s.append_spans(b).await }));
+            if pending.len() >= 4 {
+                for p in pending.drain(..) {
+                    p.await??;
+                }
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        p.await??;
+    }
+    storage.append_spans(batch).await?;
+    storage.flush().await?;
+    println!(
+        "stored {} spans in {:.1}s",
+        traces * 8,
+        started.elapsed().as_secs_f64()
+    );
+    while storage.compact().await? > 0 {}
+    let files = storage.snapshot().files;
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    println!(
+        "disk: {} files, {rows} spans, {bytes} bytes = {:.1} bytes/span (OTLP protobuf of the same spans: {:.1} bytes/span)",
+        files.len(),
+        bytes as f64 / rows as f64,
+        otlp_bytes as f64 / otlp_spans as f64
+    );
+    let ids_path = dir.join("lookup-ids.txt");
+    std::fs::write(
+        &ids_path,
+        sample
+            .iter()
+            .map(|id| format!("{}\n", id))
+            .collect::<String>(),
+    )?;
+
+    let store = TraceStore::new(storage.clone());
+    // Warm up (footers into the metadata cache, pages into the OS cache).
+    for id in sample.iter().take(20) {
+        store.traces(&[*id]).await?;
+    }
+    let mut lat = Vec::new();
+    for id in &sample {
+        let t = Instant::now();
+        let found = store.traces(&[*id]).await?;
+        lat.push(t.elapsed());
+        anyhow::ensure!(
+            found.first().is_some_and(|s| s.len() == 8),
+            "trace {id} not found whole"
+        );
+    }
+    lat.sort();
+    println!(
+        "trace by id over {rows} spans: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} lookups)",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        lat.len()
+    );
+    let q = TraceQuery {
+        service: Some("reviews.default".into()),
+        min_duration_nanos: Some(17_000_000),
+        start: UnixNanos(hour_start),
+        end: UnixNanos(hour_start + hour),
+        limit: 10,
+        ..Default::default()
+    };
+    let mut search = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let found = store.search(&q).await?;
+        search.push(t.elapsed());
+        anyhow::ensure!(found.len() == 10, "search found {}", found.len());
+    }
+    search.sort();
+    println!(
+        "search serviceName+minDuration over 1 h ({rows} spans), limit 10: median {:.1} ms, max {:.1} ms",
+        percentile(&search, 0.5).as_secs_f64() * 1e3,
+        search.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!("ids for the DuckDB comparison: {}", ids_path.display());
+    storage.shutdown().await?;
+    Ok(())
+}
+
+async fn send(
+    url: String,
+    seconds: u64,
+    concurrency: usize,
+    batch: usize,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, url, count) = (client.clone(), url.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = spangen::Rng::new(1000 + w as u64);
+            let per_task = rate as f64 / concurrency as f64;
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                if per_task > 0.0 {
+                    let due = Duration::from_secs_f64(sent as f64 / per_task);
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                let body = zipkin_json(&spans(&mut rng, batch, UnixNanos::now()));
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                if let Ok(r) = r
+                    && r.status().as_u16() == 202
+                {
+                    count.fetch_add(batch as u64, Ordering::Relaxed);
+                }
+                sent += batch as u64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let n = count.load(Ordering::Relaxed);
+    println!(
+        "sent {n} spans acknowledged in {seconds}s = {:.0} spans/s",
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Ingest {
+            format,
+            seconds,
+            concurrency,
+            batch,
+            dir,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(ingest(format, seconds, concurrency, batch, dir)),
+        Cmd::Lookup {
+            spans,
+            dir,
+            queries,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(lookup(spans, dir, queries))
+            .context("lookup benchmark"),
+        Cmd::Send {
+            url,
+            seconds,
+            concurrency,
+            batch,
+            rate,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(send(url, seconds, concurrency, batch, rate)),
+    }
+}
