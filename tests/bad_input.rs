@@ -29,7 +29,7 @@ fn span_json(extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_clear_4xx_and_nothing_is_lost() {
     let dir = temp_dir("bad-input");
-    let server = Server::start(&dir.join("data"), &["--max-body-bytes", "1048576"]);
+    let server = Server::start(&dir.join("data"), &["--max-body-bytes", "33554432"]);
     let http = client();
 
     // Something acknowledged first.
@@ -137,8 +137,8 @@ async fn hostile_bodies_get_clear_4xx_and_nothing_is_lost() {
             content_type: "application/json",
             encoding: None,
             body: many_tags.into_bytes(),
-            status: &[400, 413],
-            message: "",
+            status: &[400],
+            message: "at most 10000",
         },
         Case {
             name: "invalid utf-8",
@@ -148,15 +148,6 @@ async fn hostile_bodies_get_clear_4xx_and_nothing_is_lost() {
             body: invalid_utf8,
             status: &[400],
             message: "UTF-8",
-        },
-        Case {
-            name: "body over the limit",
-            path: "/api/v2/spans",
-            content_type: "application/json",
-            encoding: None,
-            body: vec![b' '; 2 * 1024 * 1024],
-            status: &[413],
-            message: "",
         },
         Case {
             name: "gzip bomb",
@@ -233,6 +224,39 @@ async fn hostile_bodies_get_clear_4xx_and_nothing_is_lost() {
             "{}: {text:?} should mention {:?}",
             c.name,
             c.message
+        );
+    }
+
+    // A body announced over the limit is refused before it is read. Sent
+    // by hand: a client still writing 40 MB when the 413 arrives and the
+    // server closes would see a reset instead of the answer.
+    {
+        use std::io::{Read, Write};
+        let mut tcp =
+            std::net::TcpStream::connect(("127.0.0.1", server.http_port)).expect("connect");
+        write!(
+            tcp,
+            "POST /api/v2/spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n[",
+            40 * 1024 * 1024
+        )
+        .expect("write");
+        let mut answer = Vec::new();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.len() > 200 {
+                break;
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "over-limit body: {answer}"
         );
     }
 
