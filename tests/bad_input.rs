@@ -322,14 +322,7 @@ async fn hostile_bodies_get_clear_4xx_and_nothing_is_lost() {
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 400, "a bad id in a query is a 400 too");
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics_text().await;
     assert!(
         metrics.contains(
             "meshlens_requests_rejected_total{receiver=\"zipkin_v2_json\",reason=\"malformed\"}"

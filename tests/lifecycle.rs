@@ -51,14 +51,7 @@ async fn get(server: &Server, path: &str) -> Value {
 }
 
 async fn metric(server: &Server, name: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics_text().await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(name)

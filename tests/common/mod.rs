@@ -124,6 +124,18 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
+    /// meshlens's own `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn otlp_http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.otlp_http_port)
     }
