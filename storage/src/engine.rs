@@ -17,6 +17,7 @@ use crate::error::{Result, StorageError};
 use crate::files::{self, HOUR_NANOS};
 use crate::manifest::{FileEntry, Manifest};
 use crate::model::{Span, UnixNanos};
+use crate::samples::{OpenArgs, SampleConfig, SampleStore};
 use crate::schema::{spans_schema, spans_to_batch};
 use crate::table::SpansTable;
 use crate::telemetry::Telemetry;
@@ -59,6 +60,8 @@ pub struct StorageConfig {
     pub compaction_min_files: usize,
     /// Compaction writes files of at most this many rows.
     pub compaction_max_rows: u64,
+    /// The sample store's own settings (budgets and retention are shared).
+    pub samples: SampleConfig,
 }
 
 impl StorageConfig {
@@ -73,6 +76,7 @@ impl StorageConfig {
             maintenance_interval: Duration::from_secs(30),
             compaction_min_files: 4,
             compaction_max_rows: 2_000_000,
+            samples: SampleConfig::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ pub struct Storage {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
     session: SessionContext,
+    samples: Arc<SampleStore>,
 }
 
 fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
@@ -281,6 +286,20 @@ impl Storage {
             }
         }
 
+        let samples = SampleStore::open(
+            OpenArgs {
+                data_dir: cfg.data_dir.clone(),
+                retention: cfg.retention,
+                buffer_budget_bytes: cfg.buffer_budget_bytes,
+                wal_budget_bytes: cfg.wal_budget_bytes,
+                maintenance_interval: cfg.maintenance_interval,
+                samples: cfg.samples.clone(),
+            },
+            store.clone(),
+            telemetry.clone(),
+        )
+        .await?;
+
         let store_url = ObjectStoreUrl::parse("meshlens://data")?;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -317,6 +336,7 @@ impl Storage {
             background: Mutex::new(Vec::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             session,
+            samples,
         });
         storage.publish_gauges();
         let bg = storage.clone();
@@ -331,6 +351,11 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.shared.config
+    }
+
+    /// The metric sample store (same directory, object store and budgets).
+    pub fn samples(&self) -> &Arc<SampleStore> {
+        &self.samples
     }
 
     /// A DataFusion session with the `spans` table registered.
@@ -686,7 +711,8 @@ impl Storage {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        flushed
+        let samples = self.samples.shutdown().await;
+        flushed.and(samples)
     }
 }
 

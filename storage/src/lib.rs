@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod model;
+pub mod samples;
 pub mod schema;
 pub mod telemetry;
 
@@ -20,4 +21,5 @@ mod wal;
 pub use engine::{Snapshot, Storage, StorageConfig};
 pub use error::{Result, StorageError};
 pub use manifest::FileEntry;
+pub use samples::{SampleConfig, SampleStore};
 pub use telemetry::Telemetry;

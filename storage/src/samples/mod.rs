@@ -1,0 +1,13 @@
+//! The sample store: series catalog + inverted index, WAL, in-memory
+//! head, Parquet files sorted by (series id, time). See storage/README.md.
+
+mod catalog;
+pub mod model;
+mod sfiles;
+mod store;
+mod walrec;
+
+pub use model::*;
+pub use sfiles::SampleFile;
+pub(crate) use store::OpenArgs;
+pub use store::{SampleConfig, SampleStats, SampleStore};
