@@ -3,6 +3,7 @@
 //! Tempo later), plus meshlens's own `/metrics`.
 
 pub mod error;
+pub mod prom;
 pub mod traces;
 pub mod zipkin;
 
@@ -45,12 +46,14 @@ impl QueryState {
 
 /// Every query API on one router (the binary serves it on :9411).
 pub fn router(state: QueryState) -> Router {
-    zipkin::router(state.clone()).merge(
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route("/health", get(|| async { "ok" }))
-            .with_state(state),
-    )
+    zipkin::router(state.clone())
+        .merge(prom::router(state.clone()))
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .route("/health", get(|| async { "ok" }))
+                .with_state(state),
+        )
 }
 
 async fn metrics(State(st): State<QueryState>) -> impl IntoResponse {
