@@ -24,6 +24,20 @@ if [ -n "$ENVOY_BIN" ]; then
   export MESHLENS_TEST_ENVOY="$ENVOY_BIN"
 fi
 
+# Real Prometheus and VictoriaMetrics (Debian packages) for the metrics tests.
+if ! command -v prometheus >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y --no-install-recommends prometheus victoria-metrics >/dev/null 2>&1 \
+      || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends prometheus victoria-metrics >/dev/null; }
+  fi
+fi
+if command -v prometheus >/dev/null 2>&1; then
+  export MESHLENS_TEST_PROMETHEUS="$(command -v prometheus)"
+fi
+
 echo "== cargo build"
 cargo build --locked --tests --bins
 

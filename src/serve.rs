@@ -5,11 +5,13 @@
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
+use meshlens_ingest::scrape::{ConfigSource, ManagerOptions, SampleSink, ScrapeManager};
 use meshlens_ingest::{IngestConfig, IngestState};
 use meshlens_query::QueryState;
 use meshlens_storage::{Storage, StorageConfig, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,10 +26,10 @@ pub struct ServeArgs {
     /// Zipkin API (ingest and query), metrics and (later) the web page.
     #[arg(long, env = "MESHLENS_HTTP_ADDR", default_value = "0.0.0.0:9411")]
     pub http_addr: SocketAddr,
-    /// OTLP over gRPC (TraceService/Export).
+    /// OTLP over gRPC (TraceService/Export, MetricsService/Export).
     #[arg(long, env = "MESHLENS_OTLP_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     pub otlp_grpc_addr: SocketAddr,
-    /// OTLP over HTTP (POST /v1/traces, protobuf or JSON).
+    /// OTLP over HTTP (POST /v1/traces and /v1/metrics, protobuf or JSON).
     #[arg(long, env = "MESHLENS_OTLP_HTTP_ADDR", default_value = "0.0.0.0:4318")]
     pub otlp_http_addr: SocketAddr,
     /// How long spans are kept, e.g. 7d, 12h, 30m. Whole expired files are deleted.
@@ -48,6 +50,26 @@ pub struct ServeArgs {
     /// How often retention and compaction run.
     #[arg(long, env = "MESHLENS_MAINTENANCE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
+    /// Metric samples up to this much older than their series' newest sample are
+    /// still stored (out of order); older ones are refused with a count.
+    #[arg(long, env = "MESHLENS_OOO_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub ooo_window: Duration,
+    /// Most metric series kept; samples of new series beyond it are refused.
+    #[arg(long, env = "MESHLENS_MAX_SERIES", default_value_t = 10_000_000)]
+    pub max_series: usize,
+    /// Most labels per metric series.
+    #[arg(long, env = "MESHLENS_MAX_LABELS_PER_SERIES", default_value_t = 128)]
+    pub max_labels_per_series: usize,
+    /// Write buffered metric samples to Parquet at least this often.
+    #[arg(long, env = "MESHLENS_SAMPLES_FLUSH_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub samples_flush_interval: Duration,
+    /// Prometheus-compatible scrape configuration (scrape_configs, static and
+    /// file service discovery, relabeling). Re-read on SIGHUP and POST /-/reload.
+    #[arg(long, env = "MESHLENS_SCRAPE_CONFIG")]
+    pub scrape_config: Option<PathBuf>,
+    /// Do not scrape meshlens's own /metrics (job "meshlens").
+    #[arg(long, env = "MESHLENS_NO_SELF_SCRAPE")]
+    pub no_self_scrape: bool,
 }
 
 impl ServeArgs {
@@ -58,6 +80,10 @@ impl ServeArgs {
         cfg.flush_rows = self.flush_rows;
         cfg.buffer_budget_bytes = self.buffer_budget_bytes;
         cfg.maintenance_interval = self.maintenance_interval;
+        cfg.samples.ooo_window = self.ooo_window;
+        cfg.samples.max_series = self.max_series;
+        cfg.samples.max_labels_per_series = self.max_labels_per_series;
+        cfg.samples.flush_age = self.samples_flush_interval;
         cfg
     }
 }
@@ -109,13 +135,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %args.data_dir.display(), "meshlens is serving"
     );
 
+    // Scraping: the user's file (if any) plus meshlens's own /metrics.
+    let http_local = http.local_addr()?;
+    let source = ConfigSource {
+        file: args.scrape_config.clone(),
+        self_target: (!args.no_self_scrape).then(|| format!("127.0.0.1:{}", http_local.port())),
+    };
+    let sink: Arc<dyn SampleSink> = Arc::new(storage.samples().clone());
+    let scraper = ScrapeManager::start_from_source(
+        source,
+        sink,
+        storage.telemetry().clone(),
+        ManagerOptions::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid scrape configuration: {e}"))?;
+    #[cfg(unix)]
+    {
+        let scraper = scraper.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match scraper.reload_from_source().await {
+                    Ok(()) => tracing::info!("scrape configuration reloaded (SIGHUP)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "scrape configuration not reloaded; the previous one keeps running")
+                    }
+                }
+            }
+        });
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let http_app =
-        meshlens_ingest::zipkin_router(ingest.clone()).merge(meshlens_query::router(query));
+    let http_app = meshlens_ingest::zipkin_router(ingest.clone())
+        .merge(meshlens_ingest::remote_write_router(ingest.clone()))
+        .merge(meshlens_ingest::scrape::router(scraper.clone()))
+        .merge(meshlens_query::router(query));
     // Small responses must not wait for delayed ACKs.
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -131,7 +193,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let otlp_http_task = tokio::spawn(
         axum::serve(
             otlp_http,
-            meshlens_ingest::otlp_http_router(ingest.clone()).into_make_service(),
+            meshlens_ingest::otlp_http_router(ingest.clone())
+                .merge(meshlens_ingest::otlp_metrics_http_router(ingest.clone()))
+                .into_make_service(),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),
@@ -140,6 +204,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(meshlens_ingest::otlp_grpc_service(ingest.clone()))
+            .add_service(meshlens_ingest::otlp_metrics_grpc_service(ingest.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 
@@ -152,6 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = grpc_task.await;
     })
     .await;
+    scraper.stop().await;
     storage.shutdown().await.context("flushing on shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -115,3 +115,135 @@ async fn acknowledged_spans_survive_kill_9() {
     }
     server.stop();
 }
+
+/// One remote-write request: 20 series labelled with the request number,
+/// one sample each.
+fn rw_body(req: u64, now_ms: i64) -> Vec<u8> {
+    use meshlens_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+    use prost::Message;
+    let lab = |n: &str, v: &str| Label {
+        name: n.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
+    };
+    let timeseries = (0..20)
+        .map(|i| TimeSeries {
+            labels: vec![
+                lab("__name__", "durable_samples"),
+                lab("i", &i.to_string()),
+                lab("req", &req.to_string()),
+            ],
+            samples: vec![Sample {
+                value: req as f64,
+                timestamp: now_ms,
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let body = WriteRequest {
+        timeseries,
+        metadata: vec![],
+    }
+    .encode_to_vec();
+    snap::raw::Encoder::new()
+        .compress_vec(&body)
+        .expect("snappy")
+}
+
+async fn remote_write_until(url: String, stop: Arc<AtomicBool>, next: Arc<AtomicU64>) -> Vec<u64> {
+    let http = client();
+    let mut acked = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let req = next.fetch_add(1, Ordering::Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        match http
+            .post(&url)
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .body(rw_body(req, now_ms))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().as_u16() == 204 => acked.push(req),
+            _ => {}
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_samples_survive_kill_9() {
+    let dir = temp_dir("durability-samples");
+    // Flush every second so some acknowledged samples are in Parquet, some
+    // only in the WAL, some in a segment being flushed at the kill.
+    let mut server = Server::start(
+        &dir.join("data"),
+        &["--samples-flush-interval", "1s", "--no-self-scrape"],
+    );
+    let next = Arc::new(AtomicU64::new(1));
+    let mut all_acked: Vec<u64> = Vec::new();
+    for round in 0..2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn(remote_write_until(
+                    server.url("/api/v1/write"),
+                    stop.clone(),
+                    next.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            all_acked.extend(t.await.expect("task"));
+        }
+        assert!(
+            !all_acked.is_empty(),
+            "round {round}: nothing was acknowledged"
+        );
+        server.restart_after_kill9();
+        let v: Value = client()
+            .get(server.url("/api/v1/label/req/values?match[]=durable_samples"))
+            .send()
+            .await
+            .expect("label values")
+            .json()
+            .await
+            .expect("json");
+        let found: std::collections::BTreeSet<u64> = v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(|x| x.as_str()?.parse().ok())
+            .collect();
+        let lost: Vec<u64> = all_acked
+            .iter()
+            .copied()
+            .filter(|r| !found.contains(r))
+            .take(10)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged requests lost after kill -9: {lost:?} (of {})",
+            all_acked.len()
+        );
+        let series: Value = client()
+            .get(server.url("/api/v1/series?match[]=durable_samples"))
+            .send()
+            .await
+            .expect("series")
+            .json()
+            .await
+            .expect("json");
+        assert!(
+            series["data"].as_array().expect("data").len() >= all_acked.len() * 20,
+            "round {round}: every series of every acknowledged request is back"
+        );
+    }
+    server.stop();
+}

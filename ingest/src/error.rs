@@ -115,6 +115,11 @@ pub enum DecodeError {
         message_name: &'static str,
         detail: String,
     },
+    /// Metric samples with bad labels or unsupported shapes (remote write,
+    /// OTLP metrics). Only the strict decoders return this; the receivers
+    /// store the good samples and report these.
+    #[error("{}", .0.describe("samples"))]
+    InvalidSamples(Rejections),
     /// Zipkin rejects a request whole when one span is invalid.
     #[error("{}", fmt_invalid(.first, *.invalid, *.total))]
     InvalidSpans {
@@ -156,6 +161,73 @@ fn fmt_invalid(first: &InvalidSpan, invalid: usize, total: usize) -> String {
     }
 }
 
+/// How many examples a [`Rejections`] keeps.
+const MAX_EXAMPLES: usize = 5;
+
+/// Samples (remote write) or data points (OTLP metrics) refused while
+/// decoding, counted by reason, with the first few problems located in the
+/// request (`timeseries[3] (up{job="x"}): ...`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rejections {
+    /// Refused samples or data points, per `reason` label value.
+    pub by_reason: Vec<(&'static str, usize)>,
+    /// Problems seen (series, metrics or points); a problem may cover
+    /// zero samples (an empty series with bad labels is still reported).
+    pub problems: usize,
+    /// The first few problems, each with its location.
+    pub examples: Vec<String>,
+}
+
+impl Rejections {
+    /// Records one problem covering `count` samples or points.
+    pub fn add(&mut self, reason: &'static str, count: usize, describe: impl FnOnce() -> String) {
+        self.add_many(&[(reason, count)], describe);
+    }
+
+    /// Records one problem covering samples of several reasons.
+    pub fn add_many(
+        &mut self,
+        counts: &[(&'static str, usize)],
+        describe: impl FnOnce() -> String,
+    ) {
+        self.problems += 1;
+        for &(reason, count) in counts.iter().filter(|(_, n)| *n > 0) {
+            match self.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += count,
+                None => self.by_reason.push((reason, count)),
+            }
+        }
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(describe());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.problems == 0
+    }
+
+    /// Refused samples or points, all reasons.
+    pub fn count(&self) -> usize {
+        self.by_reason.iter().map(|(_, n)| n).sum()
+    }
+
+    /// One line: `3 samples rejected: <problem>; <problem> (and 2 more problems)`.
+    pub fn describe(&self, noun: &str) -> String {
+        let mut msg = format!(
+            "{} {noun} rejected: {}",
+            self.count(),
+            self.examples.join("; ")
+        );
+        if self.problems > self.examples.len() {
+            msg.push_str(&format!(
+                " (and {} more problems)",
+                self.problems - self.examples.len()
+            ));
+        }
+        msg
+    }
+}
+
 impl DecodeError {
     /// Wraps a serde_json error; `span_index` is the span being read, if known.
     pub fn from_json(e: &serde_json::Error, span_index: Option<usize>) -> Self {
@@ -190,6 +262,7 @@ impl DecodeError {
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::InvalidSpans { .. } => "invalid_span",
+            DecodeError::InvalidSamples(_) => "invalid_sample",
             DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
             _ => "malformed",
         }
@@ -210,6 +283,20 @@ pub enum IngestError {
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A metric receiver's header check failed (`Content-Type`,
+    /// `Content-Encoding`, protocol version): HTTP 415.
+    #[error("{message}")]
+    Unsupported {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("cannot store samples: {0}")]
+    SampleStorage(StorageError),
+    /// Some samples of a metrics write were refused (bad data, or storage
+    /// rules such as out of order): HTTP 400, which senders never retry.
+    /// The good samples of the request were stored.
+    #[error("{0}")]
+    SamplesRejected(String),
 }
 
 impl IngestError {
@@ -219,19 +306,29 @@ impl IngestError {
             IngestError::Body(b) => b.status(),
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Decode(_) => S::BAD_REQUEST,
-            IngestError::Storage(StorageError::Backpressure { .. }) => S::TOO_MANY_REQUESTS,
-            IngestError::Storage(StorageError::ShuttingDown) => S::SERVICE_UNAVAILABLE,
-            IngestError::Storage(_) | IngestError::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            IngestError::Storage(StorageError::Backpressure { .. })
+            | IngestError::SampleStorage(StorageError::Backpressure { .. }) => S::TOO_MANY_REQUESTS,
+            IngestError::Storage(StorageError::ShuttingDown)
+            | IngestError::SampleStorage(StorageError::ShuttingDown) => S::SERVICE_UNAVAILABLE,
+            IngestError::Storage(_) | IngestError::SampleStorage(_) | IngestError::Internal(_) => {
+                S::INTERNAL_SERVER_ERROR
+            }
+            IngestError::Unsupported { .. } => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::SamplesRejected(_) => S::BAD_REQUEST,
         }
     }
 
     /// `Retry-After` for answers that mean "try again later".
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            IngestError::Storage(StorageError::Backpressure { retry_after, .. }) => {
+            IngestError::Storage(StorageError::Backpressure { retry_after, .. })
+            | IngestError::SampleStorage(StorageError::Backpressure { retry_after, .. }) => {
                 Some(*retry_after)
             }
-            IngestError::Storage(StorageError::ShuttingDown) => Some(Duration::from_secs(5)),
+            IngestError::Storage(StorageError::ShuttingDown)
+            | IngestError::SampleStorage(StorageError::ShuttingDown) => {
+                Some(Duration::from_secs(5))
+            }
             _ => None,
         }
     }
@@ -242,10 +339,14 @@ impl IngestError {
             IngestError::Body(b) => b.reason(),
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::Decode(d) => d.reason(),
-            IngestError::Storage(StorageError::Backpressure { .. }) => "backpressure",
-            IngestError::Storage(StorageError::ShuttingDown) => "shutting_down",
-            IngestError::Storage(_) => "storage_error",
+            IngestError::Storage(StorageError::Backpressure { .. })
+            | IngestError::SampleStorage(StorageError::Backpressure { .. }) => "backpressure",
+            IngestError::Storage(StorageError::ShuttingDown)
+            | IngestError::SampleStorage(StorageError::ShuttingDown) => "shutting_down",
+            IngestError::Storage(_) | IngestError::SampleStorage(_) => "storage_error",
             IngestError::Internal(_) => "internal",
+            IngestError::Unsupported { reason, .. } => reason,
+            IngestError::SamplesRejected(_) => "rejected_samples",
         }
     }
 
@@ -255,10 +356,18 @@ impl IngestError {
         match self {
             IngestError::Body(_)
             | IngestError::UnsupportedMediaType(_)
+            | IngestError::Unsupported { .. }
+            | IngestError::SamplesRejected(_)
             | IngestError::Decode(_) => Code::InvalidArgument,
-            IngestError::Storage(StorageError::Backpressure { .. }) => Code::ResourceExhausted,
-            IngestError::Storage(StorageError::ShuttingDown) => Code::Unavailable,
-            IngestError::Storage(_) | IngestError::Internal(_) => Code::Internal,
+            IngestError::Storage(StorageError::Backpressure { .. })
+            | IngestError::SampleStorage(StorageError::Backpressure { .. }) => {
+                Code::ResourceExhausted
+            }
+            IngestError::Storage(StorageError::ShuttingDown)
+            | IngestError::SampleStorage(StorageError::ShuttingDown) => Code::Unavailable,
+            IngestError::Storage(_) | IngestError::SampleStorage(_) | IngestError::Internal(_) => {
+                Code::Internal
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! meshlens-ingest: the span receivers (Zipkin v1/v2 JSON, Zipkin proto3,
-//! OTLP gRPC, OTLP HTTP protobuf/JSON).
+//! OTLP gRPC, OTLP HTTP protobuf/JSON) and the metric receivers (Prometheus
+//! remote write 1.0, OTLP metrics gRPC and HTTP).
 //!
 //! Every receiver has the same shape: a router or service constructor, pure
 //! decode functions (`bytes -> Vec<Span>`, validation included) that the fuzz
@@ -12,6 +13,8 @@ pub mod body;
 pub mod error;
 pub mod metrics;
 pub mod otlp;
+pub mod remote_write;
+pub mod scrape;
 pub mod validate;
 pub mod zipkin;
 
@@ -22,8 +25,9 @@ mod test_util;
 use meshlens_storage::Storage;
 use std::sync::Arc;
 
-pub use error::{DecodeError, IngestError, InvalidSpan, Problem};
+pub use error::{DecodeError, IngestError, InvalidSpan, Problem, Rejections};
 pub use otlp::grpc::OtlpTraceService;
+pub use otlp::metrics_grpc::OtlpMetricsService;
 
 /// Default request body limit, compressed or not: 16 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -77,4 +81,20 @@ pub fn otlp_grpc_service(
     OtlpTraceService,
 > {
     otlp::grpc::grpc_service(state)
+}
+
+/// `POST /api/v1/write` (Prometheus remote write 1.0).
+pub fn remote_write_router(state: IngestState) -> axum::Router {
+    remote_write::router(state)
+}
+
+/// `POST /v1/metrics` (OTLP/HTTP, protobuf or JSON).
+pub fn otlp_metrics_http_router(state: IngestState) -> axum::Router {
+    otlp::metrics_http::router(state)
+}
+
+/// The OTLP gRPC metrics service (a `MetricsServiceServer<OtlpMetricsService>`),
+/// ready for `tonic::transport::Server::add_service`.
+pub fn otlp_metrics_grpc_service(state: IngestState) -> otlp::metrics_grpc::MetricsServer {
+    otlp::metrics_grpc::grpc_service(state)
 }

@@ -1,9 +1,13 @@
-//! meshlens-storage: the span (and later sample) store.
+//! meshlens-storage: the span store and the metric sample store.
 //!
 //! Surface shared by `ingest` and `query`: [`Storage::open`],
 //! [`Storage::append_spans`], [`Storage::session`] (a DataFusion session with
-//! the `spans` table over buffer + Parquet files), [`Storage::shutdown`].
+//! the `spans` table over buffer + Parquet files), [`Storage::samples`] (the
+//! sample store: append, select, series/labels/metadata), [`Storage::shutdown`].
 //! See README.md in this folder for the write and read paths.
+
+// Tests may unwrap.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod error;
 pub mod model;

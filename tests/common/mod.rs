@@ -61,10 +61,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(data_dir, free_port(), extra)
+    }
+
+    /// Like [`Server::start`] with a chosen HTTP port.
+    pub fn start_on(data_dir: &Path, http_port: u16, extra: &[&str]) -> Server {
         let mut s = Server {
             child: None,
             data_dir: data_dir.to_path_buf(),
-            http_port: free_port(),
+            http_port,
             otlp_http_port: free_port(),
             otlp_grpc_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),

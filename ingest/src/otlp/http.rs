@@ -22,14 +22,15 @@ pub fn router(state: IngestState) -> Router {
         .with_state(state)
 }
 
+/// The request's (and answer's) encoding; shared with `/v1/metrics`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Enc {
+pub(super) enum Enc {
     Proto,
     Json,
 }
 
 impl Enc {
-    fn content_type(self) -> &'static str {
+    pub(super) fn content_type(self) -> &'static str {
         match self {
             Enc::Proto => "application/x-protobuf",
             Enc::Json => "application/json",
@@ -43,7 +44,7 @@ impl Enc {
     }
 }
 
-fn encoding(headers: &HeaderMap) -> Result<Enc, IngestError> {
+pub(super) fn encoding(headers: &HeaderMap) -> Result<Enc, IngestError> {
     let raw = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -102,11 +103,15 @@ async fn receive(
 }
 
 fn ok_response(enc: Enc, batch: &OtlpBatch) -> Response {
-    let resp = response(batch);
+    encode_ok(enc, &response(batch))
+}
+
+/// A 200 answer carrying `resp` in the request's encoding.
+pub(super) fn encode_ok<M: prost::Message + serde::Serialize>(enc: Enc, resp: &M) -> Response {
     let body = match enc {
-        Enc::Proto => prost::Message::encode_to_vec(&resp),
+        Enc::Proto => prost::Message::encode_to_vec(resp),
         // Serializing these plain structs cannot fail; fall back to `{}`.
-        Enc::Json => serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec()),
+        Enc::Json => serde_json::to_vec(resp).unwrap_or_else(|_| b"{}".to_vec()),
     };
     (
         StatusCode::OK,
@@ -116,7 +121,7 @@ fn ok_response(enc: Enc, batch: &OtlpBatch) -> Response {
         .into_response()
 }
 
-fn error_response(enc: Enc, err: &IngestError) -> Response {
+pub(super) fn error_response(enc: Enc, err: &IngestError) -> Response {
     let status = RpcStatus::with_retry(err.grpc_code() as i32, err.to_string(), None);
     let body = match enc {
         Enc::Proto => prost::Message::encode_to_vec(&status),

@@ -1,17 +1,27 @@
 //! OTLP trace receivers: gRPC (`TraceService/Export`) and HTTP
 //! (`POST /v1/traces`, protobuf or JSON). Invalid spans are dropped and
 //! reported in `partial_success`; the valid rest is stored.
+//!
+//! OTLP metric receivers (`MetricsService/Export`, `POST /v1/metrics`):
+//! `metrics_convert` (Prometheus 3 translation), `metrics_grpc`, `metrics_http`.
 
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod metrics_convert;
+pub mod metrics_grpc;
+pub mod metrics_http;
 
+#[cfg(test)]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;
 
 pub use convert::{OtlpBatch, convert_request};
+pub use metrics_convert::{MetricsBatch, convert_metrics_request};
 
 use crate::error::DecodeError;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 /// Decodes an OTLP protobuf `ExportTraceServiceRequest` and converts it.
@@ -32,6 +42,26 @@ pub fn decode_otlp_json(bytes: &[u8]) -> Result<OtlpBatch, DecodeError> {
     let req: ExportTraceServiceRequest =
         serde_json::from_str(text).map_err(|e| DecodeError::from_json(&e, None))?;
     Ok(convert_request(req))
+}
+
+/// Decodes an OTLP protobuf `ExportMetricsServiceRequest` and converts it
+/// to samples (refused data points in `rejected`).
+pub fn decode_otlp_metrics_proto(bytes: &[u8]) -> Result<MetricsBatch, DecodeError> {
+    let req = <ExportMetricsServiceRequest as prost::Message>::decode(bytes).map_err(|e| {
+        DecodeError::Protobuf {
+            message_name: "ExportMetricsServiceRequest",
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(convert_metrics_request(req))
+}
+
+/// Decodes an OTLP/JSON `ExportMetricsServiceRequest` and converts it.
+pub fn decode_otlp_metrics_json(bytes: &[u8]) -> Result<MetricsBatch, DecodeError> {
+    let text = DecodeError::check_utf8(bytes)?;
+    let req: ExportMetricsServiceRequest =
+        serde_json::from_str(text).map_err(|e| DecodeError::from_json(&e, None))?;
+    Ok(convert_metrics_request(req))
 }
 
 /// `google.rpc.Status`, the OTLP error body (HTTP) and gRPC status details.

@@ -976,9 +976,7 @@ impl SampleStore {
         for (p, w) in parts {
             let id = next.next_file_id;
             next.next_file_id += 1;
-            let (file, bm) = self.write_part(p, id, 0, w).await?;
-            next.files.push(file);
-            let _ = bm;
+            next.files.push(self.write_part(p, id, 0, w).await?);
         }
         next.flushed_seq = last_seq;
         self.store_manifest(&next).await?;
@@ -992,7 +990,7 @@ impl SampleStore {
         id: u64,
         level: u32,
         w: PartWriter,
-    ) -> Result<(SampleFile, ())> {
+    ) -> Result<SampleFile> {
         let path = sfiles::file_path(partition, id);
         let (bytes, stats, bm) = w.finish()?;
         let mut side = Vec::new();
@@ -1013,19 +1011,16 @@ impl SampleStore {
             .file_series
             .write()
             .insert(path.clone(), Arc::new(bm));
-        Ok((
-            SampleFile {
-                path,
-                partition,
-                min_ts: stats.min_ts,
-                max_ts: stats.max_ts,
-                rows: stats.rows as u64,
-                bytes: n,
-                series: stats.series,
-                level,
-            },
-            (),
-        ))
+        Ok(SampleFile {
+            path,
+            partition,
+            min_ts: stats.min_ts,
+            max_ts: stats.max_ts,
+            rows: stats.rows as u64,
+            bytes: n,
+            series: stats.series,
+            level,
+        })
     }
 
     async fn store_manifest(&self, m: &SampleManifest) -> Result<()> {
@@ -1137,7 +1132,7 @@ impl SampleStore {
             let fid = manifest.next_file_id;
             manifest.next_file_id += 1;
             let level = group.iter().map(|f| f.level).max().unwrap_or(0) + 1;
-            let (file, ()) = self.write_part(p, fid, level, w).await?;
+            let file = self.write_part(p, fid, level, w).await?;
             let removed: Vec<String> = group.iter().map(|f| f.path.clone()).collect();
             tracing::info!(
                 partition = p,
