@@ -148,6 +148,34 @@ scrape_configs:
         .text()
         .await
         .expect("text");
+    let targets: serde_json::Value = http
+        .get(server.url("/api/v1/targets"))
+        .send()
+        .await
+        .expect("targets")
+        .json()
+        .await
+        .expect("json");
+    let active = targets["data"]["activeTargets"]
+        .as_array()
+        .expect("active targets");
+    let envoy = active
+        .iter()
+        .find(|t| t["scrapePool"] == "envoy")
+        .expect("envoy target");
+    assert_eq!(envoy["health"], "up", "{envoy}");
+    assert_eq!(envoy["labels"]["mesh"], "bookinfo");
+    assert_eq!(
+        envoy["scrapeUrl"],
+        format!("http://127.0.0.1:{admin}/stats/prometheus")
+    );
+    assert!(
+        envoy["lastScrape"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("20")),
+        "{envoy}"
+    );
+    assert!(active.iter().any(|t| t["scrapePool"] == "meshlens"));
     server.stop();
 
     let storage = Storage::open(StorageConfig::new(&data), Telemetry::new())
