@@ -235,6 +235,20 @@ impl Storage {
         let store: Arc<dyn ObjectStore> =
             Arc::new(LocalFileSystem::new_with_prefix(&cfg.data_dir)?);
         let manifest = Manifest::load(store.as_ref()).await?;
+        {
+            let mut keep = std::collections::HashSet::new();
+            for f in &manifest.files {
+                keep.insert(f.path.clone());
+                keep.insert(sidecar_path(&f.path));
+            }
+            crate::manifest::delete_unlisted(
+                store.as_ref(),
+                "spans",
+                &[".parquet", ".tidx"],
+                &keep,
+            )
+            .await?;
+        }
         let wal_dir = cfg.data_dir.join("wal");
         let (mut wal, records, report) = Wal::open(&wal_dir).map_err(StorageError::Wal)?;
 

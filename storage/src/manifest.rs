@@ -70,3 +70,40 @@ impl Manifest {
         Ok(())
     }
 }
+
+/// Deletes data files under `prefix` that no manifest lists: inputs of a
+/// compaction whose delayed deletion did not run before the process ended,
+/// or the output of a flush that crashed before its manifest was stored.
+/// Only files ending in one of `suffixes` are considered. Returns how many
+/// were deleted.
+pub(crate) async fn delete_unlisted(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    suffixes: &[&str],
+    keep: &std::collections::HashSet<String>,
+) -> Result<usize> {
+    use futures::TryStreamExt;
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&ObjectPath::from(prefix)))
+        .try_collect()
+        .await?;
+    let mut deleted = 0;
+    for meta in listed {
+        let p = meta.location.to_string();
+        if !suffixes.iter().any(|s| p.ends_with(s)) || keep.contains(&p) {
+            continue;
+        }
+        match store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => tracing::warn!(path = %p, error = %e, "could not delete an unlisted file"),
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            prefix,
+            files = deleted,
+            "deleted data files no manifest lists"
+        );
+    }
+    Ok(deleted)
+}

@@ -266,6 +266,20 @@ impl SampleStore {
                 cat.metadata.insert(m.metric_family.clone(), m);
             }
         }
+        {
+            let mut keep = std::collections::HashSet::new();
+            for f in &manifest.files {
+                keep.insert(f.path.clone());
+                keep.insert(sfiles::series_sidecar(&f.path));
+            }
+            crate::manifest::delete_unlisted(
+                store.as_ref(),
+                "samples",
+                &[".parquet", ".series"],
+                &keep,
+            )
+            .await?;
+        }
         let mut file_series = HashMap::new();
         for f in &manifest.files {
             let p = ObjectPath::from(sfiles::series_sidecar(&f.path));
