@@ -3,7 +3,12 @@
 //!   meshlens-bench ingest --format otlp|zipkin   decode + validate + append (WAL fsync) throughput
 //!   meshlens-bench lookup --spans 10000000       disk bytes/span, trace-by-id and search latency
 //!   meshlens-bench send --url URL                HTTP load against a running meshlens (RSS runs)
+//!   meshlens-bench metrics-load --url URL        remote-write ingest samples/s (any receiver)
+//!   meshlens-bench metrics-write ...             the metrics data set via remote write, in process, or as OpenMetrics
+//!   meshlens-bench serve-targets                 Envoy-like scrape targets
 
+mod metrics;
+mod metrics_gen;
 mod otlp;
 mod spangen;
 
@@ -62,6 +67,61 @@ enum Cmd {
         /// Target spans per second over all senders (0 = as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+    /// Remote-write ingest throughput against URL (meshlens, Prometheus, VictoriaMetrics):
+    /// pre-encoded Istio series, a warm-up block, then `runs` timed runs; median samples/s.
+    MetricsLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100_000)]
+        series: usize,
+        /// Consecutive 15 s samples of each series in one request.
+        #[arg(long, default_value_t = 4)]
+        samples_per_series: usize,
+        #[arg(long, default_value_t = 500)]
+        series_per_request: usize,
+        #[arg(long, default_value_t = 40)]
+        steps_per_run: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Writes the deterministic Istio data set to a remote-write URL, an in-process
+    /// meshlens store (then flush + compact + shutdown) and/or OpenMetrics files.
+    MetricsWrite {
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        openmetrics: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// 15 s steps (1440 = 6 h).
+        #[arg(long, default_value_t = 1440)]
+        steps: usize,
+        /// Default: ends on a 2 h boundary >= 3 h ago (all partitions closed).
+        #[arg(long, allow_hyphen_values = true)]
+        start_ms: Option<i64>,
+        /// Make the data set end now instead.
+        #[arg(long)]
+        end_now: bool,
+        #[arg(long, default_value_t = 4)]
+        samples_per_series: usize,
+        #[arg(long, default_value_t = 500)]
+        series_per_request: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Envoy-like scrape targets on consecutive ports (`/metrics`, `/stats/prometheus`).
+    ServeTargets {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, default_value_t = 2000)]
+        series: usize,
+        #[arg(long, default_value_t = 21000)]
+        port_base: u16,
     },
 }
 
@@ -396,5 +456,59 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(send(url, seconds, concurrency, batch, rate)),
+        Cmd::MetricsLoad {
+            url,
+            series,
+            samples_per_series,
+            series_per_request,
+            steps_per_run,
+            runs,
+            concurrency,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(metrics::load(metrics::LoadArgs {
+                url,
+                series,
+                samples_per_series,
+                series_per_request,
+                steps_per_run,
+                runs,
+                concurrency,
+            })),
+        Cmd::MetricsWrite {
+            url,
+            store,
+            openmetrics,
+            series,
+            steps,
+            start_ms,
+            end_now,
+            samples_per_series,
+            series_per_request,
+            concurrency,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(metrics::write(metrics::WriteArgs {
+                url,
+                store,
+                openmetrics,
+                series,
+                steps,
+                start_ms,
+                end_now,
+                samples_per_series,
+                series_per_request,
+                concurrency,
+            })),
+        Cmd::ServeTargets {
+            count,
+            series,
+            port_base,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(metrics::serve_targets(count, series, port_base)),
     }
 }
