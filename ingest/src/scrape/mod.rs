@@ -84,7 +84,8 @@ async fn targets(
         .map(|t| {
             let last = t
                 .last_scrape_ms
-                .and_then(chrono_like_rfc3339)
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                 .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string());
             json!({
                 "discoveredLabels": t.discovered_labels,
@@ -116,30 +117,6 @@ async fn targets(
         "status": "success",
         "data": {"activeTargets": active, "droppedTargets": dropped},
     }))
-}
-
-/// ms since the epoch as RFC 3339 UTC with milliseconds.
-fn chrono_like_rfc3339(ms: i64) -> Option<String> {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    Some(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    ))
 }
 
 async fn reload(State(m): State<ScrapeManager>) -> (StatusCode, String) {
