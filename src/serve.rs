@@ -70,6 +70,16 @@ pub struct ServeArgs {
     /// Do not scrape meshlens's own /metrics (job "meshlens").
     #[arg(long, env = "MESHLENS_NO_SELF_SCRAPE")]
     pub no_self_scrape: bool,
+    /// PromQL: longest a query may run before it fails with a timeout (503).
+    #[arg(long, env = "MESHLENS_QUERY_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+    /// PromQL: most samples one query may load (Prometheus's
+    /// --query.max-samples); beyond it the query fails (422).
+    #[arg(long, env = "MESHLENS_QUERY_MAX_SAMPLES", default_value_t = 50_000_000)]
+    pub query_max_samples: usize,
+    /// PromQL: how far back an instant selector looks for a sample.
+    #[arg(long, env = "MESHLENS_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub query_lookback_delta: Duration,
 }
 
 impl ServeArgs {
@@ -125,7 +135,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
         },
     );
-    let query = QueryState::new(storage.clone());
+    let query = QueryState::with_engine_options(
+        storage.clone(),
+        meshlens_query::promql::EngineOptions {
+            timeout: args.query_timeout,
+            max_samples: args.query_max_samples,
+            lookback_ms: args.query_lookback_delta.as_millis() as i64,
+            ..Default::default()
+        },
+    );
 
     let http = bind(args.http_addr, "the Zipkin/HTTP API").await?;
     let otlp_http = bind(args.otlp_http_addr, "OTLP/HTTP").await?;

@@ -6,10 +6,12 @@
 //!   meshlens-bench metrics-load --url URL        remote-write ingest samples/s (any receiver)
 //!   meshlens-bench metrics-write ...             the metrics data set via remote write, in process, or as OpenMetrics
 //!   meshlens-bench serve-targets                 Envoy-like scrape targets
+//!   meshlens-bench promql-query --target ...     PromQL query_range latency against several servers
 
 mod metrics;
 mod metrics_gen;
 mod otlp;
+mod promql;
 mod spangen;
 
 use anyhow::Context;
@@ -31,6 +33,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// PromQL latency: every query of a file as query_range against each target, interleaved.
+    PromqlQuery {
+        /// `name=http://host:port[=pid]`; the first is the one ratios are about.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long)]
+        start_ms: i64,
+        #[arg(long)]
+        end_ms: i64,
+        #[arg(long, default_value = "15s")]
+        step: String,
+        /// Measured runs per query and target (after one warm-up run).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// Ingest throughput on the calling thread: decode, validate, append (acknowledged after WAL fsync).
     Ingest {
         #[arg(long, default_value = "otlp")]
@@ -502,6 +521,23 @@ fn main() -> anyhow::Result<()> {
                 series_per_request,
                 concurrency,
             })),
+        Cmd::PromqlQuery {
+            targets,
+            queries,
+            start_ms,
+            end_ms,
+            step,
+            runs,
+        } => {
+            let targets = targets
+                .iter()
+                .map(|t| promql::parse_target(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(promql::run(targets, queries, start_ms, end_ms, step, runs))
+        }
         Cmd::ServeTargets {
             count,
             series,

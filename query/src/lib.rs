@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod prom;
+pub mod promql;
 pub mod traces;
 pub mod zipkin;
 
@@ -19,17 +20,30 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct QueryState {
     pub storage: Arc<Storage>,
+    /// The PromQL engine over the sample store.
+    pub engine: promql::Engine,
     pub traces: Arc<traces::TraceStore>,
 }
 
 impl QueryState {
     pub fn new(storage: Arc<Storage>) -> Self {
+        QueryState::with_engine_options(storage, promql::EngineOptions::default())
+    }
+
+    /// Like [`QueryState::new`] with explicit PromQL limits. Must be called
+    /// inside a Tokio runtime (queries wait on it for storage reads).
+    pub fn with_engine_options(storage: Arc<Storage>, opts: promql::EngineOptions) -> Self {
         storage.telemetry().describe(
             "meshlens_query_seconds",
             "histogram",
             "Latency of query API calls, by API.",
         );
+        let source = promql::StoreSource {
+            store: storage.samples().clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
         QueryState {
+            engine: promql::Engine::new(Arc::new(source), opts),
             traces: Arc::new(traces::TraceStore::new(storage.clone())),
             storage,
         }

@@ -5,6 +5,7 @@
 //! `{"status":"error","errorType":"bad_data","error":"..."}`.
 
 pub mod params;
+pub mod query_api;
 
 use crate::QueryState;
 use axum::Router;
@@ -98,6 +99,18 @@ pub fn success(data: Value, warnings: Vec<String>) -> Response {
 
 pub fn router(state: QueryState) -> Router {
     Router::new()
+        .route(
+            "/api/v1/query",
+            get(query_api::query).post(query_api::query),
+        )
+        .route(
+            "/api/v1/query_range",
+            get(query_api::query_range).post(query_api::query_range),
+        )
+        .route(
+            "/api/v1/format_query",
+            get(query_api::format_query).post(query_api::format_query),
+        )
         .route("/api/v1/series", get(series).post(series))
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))

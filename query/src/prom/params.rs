@@ -187,3 +187,53 @@ pub fn unescape_label_name(s: &str) -> String {
     }
     out
 }
+
+/// A Prometheus duration (`15s`, `1h30m`, `500ms`, `2d`) or float seconds
+/// (`15`, `0.5`), to ms.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>() {
+        let ms = (f * 1000.0).round();
+        if !ms.is_finite() || ms.abs() > i64::MAX as f64 / 2.0 {
+            return Err(format!(
+                "cannot parse {s:?} to a valid duration. It overflows int64"
+            ));
+        }
+        return Ok(ms as i64);
+    }
+    let bad = || format!("cannot parse {s:?} to a valid duration");
+    let b = s.as_bytes();
+    let (mut i, mut total, mut any) = (0, 0i64, false);
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(bad());
+        }
+        let n: i64 = s[start..i].parse().map_err(|_| bad())?;
+        let ustart = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = match &s[ustart..i] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        any = true;
+    }
+    if !any {
+        return Err(bad());
+    }
+    Ok(total)
+}

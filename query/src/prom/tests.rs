@@ -199,3 +199,104 @@ fn times_and_names() {
     assert_eq!(unescape_label_name("job"), "job");
     assert_eq!(unescape_label_name("U__a__b"), "a_b");
 }
+
+#[tokio::test]
+async fn query_and_query_range() {
+    let st = state("query").await;
+    // Grafana's "Save & test".
+    let (s, v) = get(&st, "/api/v1/query?query=1%2B1&time=1700000000.5").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["data"],
+        json!({"resultType": "scalar", "result": [1700000000.5, "2"]})
+    );
+    // An instant vector, now.
+    let (s, v) = get(&st, "/api/v1/query?query=sum%20by%20(job)%20(up)").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let mut jobs: Vec<String> = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metric"]["job"].as_str().unwrap().to_string())
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, vec!["a", "b"]);
+    // A range query by form POST with a float step.
+    let now = chrono::Utc::now().timestamp();
+    let body = format!(
+        "query=up%7Bjob%3D%22a%22%7D&start={}&end={}&step=60",
+        now - 120,
+        now + 60
+    );
+    let (s, v) = call(
+        &st,
+        Request::post("/api/v1/query_range")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let r = &v["data"]["result"][0];
+    assert_eq!(r["metric"]["instance"], "x:1");
+    assert!(!r["values"].as_array().unwrap().is_empty());
+    // format_query
+    let (s, v) = get(&st, "/api/v1/format_query?query=sum(up)by(job)").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"], "sum by (job) (up)");
+}
+
+#[tokio::test]
+async fn query_errors_have_prometheus_types() {
+    let st = state("qerr").await;
+    for (uri, status, kind) in [
+        (
+            "/api/v1/query?query=sum(",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        ("/api/v1/query", StatusCode::BAD_REQUEST, "bad_data"),
+        (
+            "/api/v1/query?query=nosuchfn(up)",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query?query=up&time=yesterday",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=100000&step=1",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=0&end=100&step=0",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        (
+            "/api/v1/query_range?query=up%5B5m%5D&start=0&end=100&step=10",
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+        ),
+        // Many-to-many matching is an evaluation error.
+        (
+            "/api/v1/query?query=up%20%2B%20on()%20up",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "execution",
+        ),
+    ] {
+        let (s, v) = get(&st, uri).await;
+        assert_eq!(s, status, "{uri}: {v}");
+        assert_eq!(v["status"], "error", "{uri}");
+        assert_eq!(v["errorType"], kind, "{uri}: {v}");
+        assert!(!v["error"].as_str().unwrap().is_empty());
+    }
+    // The server answers normally afterwards.
+    let (s, _) = get(&st, "/api/v1/query?query=up").await;
+    assert_eq!(s, StatusCode::OK);
+}
