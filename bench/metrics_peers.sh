@@ -2,7 +2,7 @@
 # The metrics benchmarks of docs/BENCHMARKS.md ("Metrics (issue 3)"):
 # meshlens against Prometheus and VictoriaMetrics in the same run.
 #
-#   bench/metrics_peers.sh [ingest] [disk] [memory] [scrape]   (default: all four)
+#   bench/metrics_peers.sh [ingest] [disk] [memory] [scrape] [promql]   (default: all five)
 #
 # Needs a release build (cargo build --release -p meshlens-bench -p meshlens),
 # /usr/bin/prometheus, /usr/bin/promtool, /usr/bin/victoria-metrics, taskset,
@@ -16,7 +16,7 @@ B=$T/release/meshlens-bench
 M=$T/release/meshlens
 WORK=${WORK:-/tmp/mlbench}
 ML=127.0.0.1:19411 PROM=127.0.0.1:19090 VM=127.0.0.1:18428
-SECTIONS=${*:-ingest disk memory scrape}
+SECTIONS=${*:-ingest disk memory scrape promql}
 mkdir -p "$WORK"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
@@ -166,6 +166,27 @@ scrape)
   echo "meshlens targets: $(curl -s "http://$ML/api/v1/targets" | python3 -c 'import json,sys,collections; t=json.load(sys.stdin)["data"]["activeTargets"]; print(len(t), dict(collections.Counter(x["health"] for x in t)), sum(1 for x in t if x["lastError"]), "with errors")')"
   echo "rss_kb meshlens=$(rss_kb "$MP") prometheus=$(rss_kb "$PP")"
   stop "$MP"; stop "$PP"; kill "$TP"
+  ;;
+promql)
+  echo "## promql: Istio dashboard queries as query_range (1 h window, 15 s step) over 10k Istio series x 6 h at 15 s"
+  NOW=$(date +%s%3N); H2=7200000
+  START=$(( (NOW - 3*3600000) / H2 * H2 - 6*3600000 ))
+  DS=(--series 10000 --steps 1440 --start-ms "$START")
+  # the same samples in both: meshlens written in process (then served by the binary),
+  # Prometheus blocks made by promtool from OpenMetrics
+  d=$WORK/promql-ml; rm -rf "$d" "$d.log"
+  "$B" metrics-write "${DS[@]}" --store "$d"
+  om=$WORK/om; p=$WORK/promql-prom; rm -rf "$om" "$p" "$p.log"
+  "$B" metrics-write "${DS[@]}" --openmetrics "$om"
+  for f in "$om"/*.om; do promtool tsdb create-blocks-from openmetrics "$f" "$p" >/dev/null; rm "$f"; done
+  empty_prom_cfg
+  start_meshlens "$d"; MP=$PID
+  start_prometheus "$p" "$WORK/prom-empty.yml"; PP=$PID
+  sleep 5
+  QEND=$(( START + 1439*15000 )); QSTART=$(( QEND - 3600000 ))
+  taskset -c 0 "$B" promql-query --target "meshlens=http://$ML=$MP" --target "prometheus=http://$PROM=$PP" \
+    --queries bench/promql_istio_queries.txt --start-ms "$QSTART" --end-ms "$QEND" --step 15s --runs "${RUNS:-7}"
+  stop "$MP"; stop "$PP"
   ;;
 *) echo "unknown section $S" >&2; exit 2;;
 esac; done

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Do not scrape meshlens's own /metrics (job "meshlens").
     #[arg(long, env = "MESHLENS_NO_SELF_SCRAPE")]
     pub no_self_scrape: bool,
+    /// Bytes of recently read sample files kept in memory for queries (0: off).
+    #[arg(long, env = "MESHLENS_QUERY_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub query_cache_bytes: usize,
     /// PromQL: longest a query may run before it fails with a timeout (503).
     #[arg(long, env = "MESHLENS_QUERY_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub query_timeout: Duration,
@@ -94,6 +97,7 @@ impl ServeArgs {
         cfg.samples.max_series = self.max_series;
         cfg.samples.max_labels_per_series = self.max_labels_per_series;
         cfg.samples.flush_age = self.samples_flush_interval;
+        cfg.samples.read_cache_bytes = self.query_cache_bytes;
         cfg
     }
 }

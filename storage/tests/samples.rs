@@ -391,3 +391,82 @@ async fn retention_removes_expired_files() {
     );
     s.shutdown().await.unwrap();
 }
+
+/// A file with several row groups and many pages: reading a few series
+/// (page-index pruning) gives exactly what a full read gives.
+#[tokio::test]
+async fn few_series_from_a_large_file_match_a_full_read() {
+    // Through the in-memory read cache and straight from the object store.
+    for cache in [256 << 20, 0] {
+        few_series_case(cache).await;
+    }
+}
+
+async fn few_series_case(cache: usize) {
+    let d = dir(&format!("pages-{cache}"));
+    let mut cfg = config(&d);
+    cfg.samples.read_cache_bytes = cache;
+    let s = open(&cfg).await;
+    let t0 = now_ms() - 3_600_000;
+    let series: Vec<SeriesWrite> = (0..1500)
+        .map(|i| SeriesWrite {
+            labels: labels("m", &[("i", &i.to_string()), ("g", &(i % 7).to_string())]),
+            samples: (0..120)
+                .map(|k| Sample {
+                    timestamp_ms: t0 + k * 15_000,
+                    value: (i * 1000 + k) as f64,
+                })
+                .collect(),
+        })
+        .collect();
+    s.samples()
+        .append(SampleBatch {
+            series,
+            metadata: vec![],
+        })
+        .await
+        .unwrap();
+    s.samples().flush().await.unwrap();
+    assert!(s.samples().stats().files >= 1);
+    let all = s
+        .samples()
+        .select(&[Matcher::equal("__name__", "m")], t0, t0 + 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1500);
+    for g in ["3", "5"] {
+        let few = s
+            .samples()
+            .select(
+                &[
+                    Matcher::equal("__name__", "m"),
+                    Matcher::equal("g", g),
+                    Matcher::new(MatchOp::Regex, "i", "1?[0-9]?[0-9]").unwrap(),
+                ],
+                t0 + 300_000,
+                t0 + 900_000,
+            )
+            .await
+            .unwrap();
+        assert!(!few.is_empty());
+        for f in &few {
+            let full = all.iter().find(|a| a.labels == f.labels).unwrap();
+            let want: Vec<(i64, f64)> = full
+                .timestamps
+                .iter()
+                .zip(&full.values)
+                .filter(|(t, _)| **t >= t0 + 300_000 && **t <= t0 + 900_000)
+                .map(|(t, v)| (*t, *v))
+                .collect();
+            let got: Vec<(i64, f64)> = f
+                .timestamps
+                .iter()
+                .copied()
+                .zip(f.values.iter().copied())
+                .collect();
+            assert_eq!(got, want, "{}", f.labels);
+            assert_eq!(got.len(), 41);
+        }
+    }
+    s.shutdown().await.unwrap();
+}

@@ -39,6 +39,10 @@ pub struct SampleConfig {
     pub flush_samples: usize,
     /// ...or when its oldest sample arrived this long ago.
     pub flush_age: Duration,
+    /// Bytes of recently read Parquet files kept in memory for queries
+    /// (least recently used out first); 0 reads ranges from the object
+    /// store every time. Plays the part of Prometheus's page cache.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for SampleConfig {
@@ -51,6 +55,7 @@ impl Default for SampleConfig {
             max_label_value_bytes: 16 * 1024,
             flush_samples: 8_000_000,
             flush_age: Duration::from_secs(15 * 60),
+            read_cache_bytes: 256 << 20,
         }
     }
 }
@@ -133,6 +138,52 @@ struct Inner {
     flush_wanted: Notify,
     file_series: RwLock<HashMap<String, Arc<RoaringBitmap>>>,
     file_meta: Mutex<HashMap<String, ArrowReaderMetadata>>,
+    /// Whole files read for queries, least recently used out first.
+    file_bytes: Mutex<ByteCache>,
+}
+
+/// An LRU of whole-file contents, bounded in bytes.
+struct ByteCache {
+    budget: usize,
+    bytes: usize,
+    tick: u64,
+    map: HashMap<String, (bytes::Bytes, u64)>,
+}
+
+impl ByteCache {
+    fn get(&mut self, path: &str) -> Option<bytes::Bytes> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(path).map(|e| {
+            e.1 = t;
+            e.0.clone()
+        })
+    }
+
+    fn put(&mut self, path: &str, b: bytes::Bytes) {
+        if b.len() > self.budget {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += b.len();
+        if let Some(old) = self.map.insert(path.to_string(), (b, self.tick)) {
+            self.bytes -= old.0.len();
+        }
+        while self.bytes > self.budget {
+            let Some(oldest) = self.map.iter().min_by_key(|e| e.1.1).map(|e| e.0.clone()) else {
+                break;
+            };
+            if let Some(e) = self.map.remove(&oldest) {
+                self.bytes -= e.0.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, path: &str) {
+        if let Some(e) = self.map.remove(path) {
+            self.bytes -= e.0.len();
+        }
+    }
 }
 
 type Accepted = Vec<(u32, Vec<(i64, f64)>)>;
@@ -339,6 +390,7 @@ impl SampleStore {
             "sample store opened; WAL replayed"
         );
 
+        let read_cache_bytes = args.samples.read_cache_bytes;
         let inner = Arc::new(Inner {
             catalog: RwLock::new(cat),
             head: Mutex::new(head),
@@ -350,6 +402,12 @@ impl SampleStore {
             flush_wanted: Notify::new(),
             file_series: RwLock::new(file_series),
             file_meta: Mutex::new(HashMap::new()),
+            file_bytes: Mutex::new(ByteCache {
+                budget: read_cache_bytes,
+                bytes: 0,
+                tick: 0,
+                map: HashMap::new(),
+            }),
         });
         let (tx, rx) = mpsc::channel();
         let thread_inner = inner.clone();
@@ -754,8 +812,10 @@ impl SampleStore {
                 continue;
             }
             let meta = self.file_meta(f).await?;
+            let cached = self.file_bytes(f).await?;
             sfiles::read_rows(
                 self.inner.store.clone(),
+                cached,
                 f,
                 meta,
                 &wanted,
@@ -811,6 +871,26 @@ impl SampleStore {
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
+    }
+
+    /// The whole file from the read cache (loading it), or None when the
+    /// cache is off.
+    async fn file_bytes(&self, f: &SampleFile) -> Result<Option<bytes::Bytes>> {
+        if self.inner.file_bytes.lock().budget == 0 {
+            return Ok(None);
+        }
+        if let Some(b) = self.inner.file_bytes.lock().get(&f.path) {
+            return Ok(Some(b));
+        }
+        let b = self
+            .inner
+            .store
+            .get(&ObjectPath::from(f.path.as_str()))
+            .await?
+            .bytes()
+            .await?;
+        self.inner.file_bytes.lock().put(&f.path, b.clone());
+        Ok(Some(b))
     }
 
     async fn file_meta(&self, f: &SampleFile) -> Result<ArrowReaderMetadata> {
@@ -1063,9 +1143,11 @@ impl SampleStore {
         {
             let mut fs = self.inner.file_series.write();
             let mut fm = self.inner.file_meta.lock();
+            let mut fb = self.inner.file_bytes.lock();
             for p in remove {
                 fs.remove(p);
                 fm.remove(p);
+                fb.remove(p);
             }
         }
         let store = self.inner.store.clone();
