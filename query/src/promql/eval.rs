@@ -16,9 +16,7 @@ use super::{
     EngineOptions, InstantSample, QueryError, QueryErrorKind, QueryResult, RangeSeries,
     SeriesSource, Value, functions,
 };
-use meshlens_storage::samples::{
-    Label, Labels, METRIC_NAME, MatchOp, Matcher, SeriesData, is_stale_nan,
-};
+use meshlens_storage::samples::{Labels, METRIC_NAME, MatchOp, Matcher, SeriesData, is_stale_nan};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::token::*;
 use promql_parser::parser::{
@@ -280,6 +278,12 @@ pub fn evaluate(
 /// Evaluates one node over `grid`.
 pub fn eval(ctx: &Ctx, expr: &Expr, grid: &Grid) -> R<Val> {
     ctx.check_deadline()?;
+    let v = eval_node(ctx, expr, grid)?;
+    ctx.check_deadline()?;
+    Ok(v)
+}
+
+fn eval_node(ctx: &Ctx, expr: &Expr, grid: &Grid) -> R<Val> {
     match expr {
         Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; grid.n])),
         Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
@@ -945,23 +949,6 @@ impl Matching<'_> {
             })
         }
     }
-}
-
-#[allow(dead_code)]
-fn group_by_key(series: &[Series], m: &Matching) -> (Vec<usize>, Vec<Labels>) {
-    let mut map: HashMap<Labels, usize> = HashMap::new();
-    let mut keys = Vec::new();
-    let ids = series
-        .iter()
-        .map(|s| {
-            let k = m.key(&s.labels);
-            *map.entry(k.clone()).or_insert_with(|| {
-                keys.push(k);
-                keys.len() - 1
-            })
-        })
-        .collect();
-    (ids, keys)
 }
 
 fn set_op(
@@ -1688,12 +1675,4 @@ fn ratio_offset(l: &Labels) -> f64 {
 
 pub fn valid_label_name(s: &str) -> bool {
     !s.is_empty() && !s.chars().any(|c| c.is_control())
-}
-
-/// Builds labels from pairs (empty values dropped).
-pub fn labels_from(pairs: Vec<Label>) -> Labels {
-    let mut v: Vec<Label> = pairs.into_iter().filter(|l| !l.value.is_empty()).collect();
-    v.sort_by(|a, b| a.name.cmp(&b.name));
-    v.dedup_by(|a, b| a.name == b.name);
-    Labels::from_sorted(v)
 }

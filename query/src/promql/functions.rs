@@ -54,14 +54,14 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
             }
             let counter = name != "delta";
             let is_rate = name == "rate";
-            range_fn(&rv, false, |ts, vs, end, range, _| {
+            range_fn(ctx, &rv, false, |ts, vs, end, range, _| {
                 extrapolated_rate(ts, vs, end - range, end, range, counter, is_rate)
-            })
+            })?
         }
         "irate" | "idelta" => {
             let rv = eval_range(ctx, args[0], grid)?;
             let is_rate = name == "irate";
-            range_fn(&rv, false, |ts, vs, _, _, _| {
+            range_fn(ctx, &rv, false, |ts, vs, _, _, _| {
                 let l = ts.len();
                 if l < 2 {
                     return None;
@@ -75,28 +75,28 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
                     r /= (t1 - t0) as f64 / 1000.0;
                 }
                 Some(r)
-            })
+            })?
         }
         "deriv" => {
             let rv = eval_range(ctx, args[0], grid)?;
-            range_fn(&rv, false, |ts, vs, _, _, _| {
+            range_fn(ctx, &rv, false, |ts, vs, _, _, _| {
                 (ts.len() >= 2).then(|| linear_regression(ts, vs, ts[0]).0)
-            })
+            })?
         }
         "predict_linear" => {
             let rv = eval_range(ctx, args[0], grid)?;
             let d = eval_scalar(ctx, args[1], grid)?;
-            range_fn(&rv, false, |ts, vs, _, _, i| {
+            range_fn(ctx, &rv, false, |ts, vs, _, _, i| {
                 (ts.len() >= 2).then(|| {
                     let (slope, intercept) = linear_regression(ts, vs, grid.t(i));
                     slope * d[i] + intercept
                 })
-            })
+            })?
         }
         "changes" | "resets" => {
             let rv = eval_range(ctx, args[0], grid)?;
             let resets = name == "resets";
-            range_fn(&rv, false, |_, vs, _, _, _| {
+            range_fn(ctx, &rv, false, |_, vs, _, _, _| {
                 let mut c = 0.0;
                 for w in vs.windows(2) {
                     let (p, q) = (w[0], w[1]);
@@ -109,7 +109,7 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
                     }
                 }
                 Some(c)
-            })
+            })?
         }
         "avg_over_time" => over_time(ctx, args[0], grid, false, avg)?,
         "sum_over_time" => over_time(ctx, args[0], grid, false, |v| {
@@ -157,7 +157,7 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
         | "ts_of_last_over_time"
         | "ts_of_first_over_time" => {
             let rv = eval_range(ctx, args[0], grid)?;
-            range_fn(&rv, false, |ts, vs, _, _, _| {
+            range_fn(ctx, &rv, false, |ts, vs, _, _, _| {
                 let l = ts.len();
                 if l == 0 {
                     return None;
@@ -179,7 +179,7 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
                     }
                 };
                 Some(ts[idx] as f64 / 1000.0)
-            })
+            })?
         }
         "quantile_over_time" => {
             let q = eval_scalar(ctx, args[0], grid)?;
@@ -195,14 +195,14 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
                 ));
             }
             let mut buf = Vec::new();
-            range_fn(&rv, false, |_, vs, _, _, i| {
+            range_fn(ctx, &rv, false, |_, vs, _, _, i| {
                 if vs.is_empty() {
                     return None;
                 }
                 buf.clear();
                 buf.extend_from_slice(vs);
                 Some(quantile(q[i], &mut buf))
-            })
+            })?
         }
         "double_exponential_smoothing" | "holt_winters" => {
             let rv = eval_range(ctx, args[0], grid)?;
@@ -222,7 +222,7 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
                     )));
                 }
             }
-            range_fn(&rv, false, |_, vs, _, _, i| des(vs, sf[i], tf[i]))
+            range_fn(ctx, &rv, false, |_, vs, _, _, i| des(vs, sf[i], tf[i]))?
         }
         "absent_over_time" => {
             let rv = eval_range(ctx, args[0], grid)?;
@@ -554,27 +554,32 @@ fn eval_range(ctx: &Ctx, e: &Expr, grid: &Grid) -> R<RangeVal> {
 /// Applies `f(timestamps, values, window end, range, step)` to every
 /// window of every series.
 fn range_fn(
+    ctx: &Ctx,
     rv: &RangeVal,
     keep_name: bool,
     mut f: impl FnMut(&[i64], &[f64], i64, i64, usize) -> Option<f64>,
-) -> Vec<Series> {
+) -> R<Vec<Series>> {
     let mut out = Vec::with_capacity(rv.series.len());
+    // Work per check: about a million samples visited.
+    let mut budget: usize = 0;
     for s in &rv.series {
         let mut any = false;
-        let vals: Vec<Option<f64>> = rv
-            .ends
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let (lo, hi) = s.window(e, rv.range_ms);
-                if lo >= hi {
-                    return None;
-                }
-                let v = f(&s.ts[lo..hi], &s.vs[lo..hi], e, rv.range_ms, i);
-                any |= v.is_some();
-                v
-            })
-            .collect();
+        let mut vals: Vec<Option<f64>> = Vec::with_capacity(rv.ends.len());
+        for (i, &e) in rv.ends.iter().enumerate() {
+            let (lo, hi) = s.window(e, rv.range_ms);
+            budget += hi - lo + 1;
+            if budget > 1 << 20 {
+                budget = 0;
+                ctx.check_deadline()?;
+            }
+            if lo >= hi {
+                vals.push(None);
+                continue;
+            }
+            let v = f(&s.ts[lo..hi], &s.vs[lo..hi], e, rv.range_ms, i);
+            any |= v.is_some();
+            vals.push(v);
+        }
         if any {
             out.push(Series {
                 labels: if keep_name {
@@ -586,7 +591,7 @@ fn range_fn(
             });
         }
     }
-    out
+    Ok(out)
 }
 
 fn over_time(
@@ -597,9 +602,9 @@ fn over_time(
     f: impl Fn(&[f64]) -> f64,
 ) -> R<Vec<Series>> {
     let rv = eval_range(ctx, arg, grid)?;
-    Ok(range_fn(&rv, keep_name, |_, vs, _, _, _| {
+    range_fn(ctx, &rv, keep_name, |_, vs, _, _, _| {
         (!vs.is_empty()).then(|| f(vs))
-    }))
+    })
 }
 
 /// rate()/increase() of a metric whose name does not look like a counter.

@@ -11,6 +11,7 @@ pub mod functions;
 pub mod promqltest;
 
 use meshlens_storage::samples::{Labels, Matcher, SeriesData};
+use promql_parser::parser::Expr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,11 +248,40 @@ impl QueryError {
 pub struct Engine {
     source: Arc<dyn SeriesSource>,
     opts: EngineOptions,
+    /// Parsed queries by text: dashboards re-send the same strings, and
+    /// `promql-parser` takes ~1 ms on a long dashboard query.
+    parsed: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Expr>>>>,
 }
+
+/// Most parsed queries kept (the cache is emptied when full).
+const PARSE_CACHE_ENTRIES: usize = 4096;
 
 impl Engine {
     pub fn new(source: Arc<dyn SeriesSource>, opts: EngineOptions) -> Engine {
-        Engine { source, opts }
+        Engine {
+            source,
+            opts,
+            parsed: Arc::default(),
+        }
+    }
+
+    /// Parses through the cache.
+    fn parse_cached(&self, query: &str) -> Result<Arc<Expr>, QueryError> {
+        if let Some(e) = self
+            .parsed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(query)
+        {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(parse(query)?);
+        let mut c = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= PARSE_CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(query.to_string(), e.clone());
+        Ok(e)
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -265,7 +295,7 @@ impl Engine {
 
     /// Evaluates `query` at one instant (`/api/v1/query`).
     pub fn instant_query(&self, query: &str, t_ms: i64) -> Result<QueryResult, QueryError> {
-        let expr = parse(query)?;
+        let expr = self.parse_cached(query)?;
         eval::evaluate(&*self.source, &self.opts, query, &expr, t_ms, t_ms, 0, true)
     }
 
@@ -294,7 +324,7 @@ impl Engine {
                 thousands(self.opts.max_points_per_series)
             )));
         }
-        let expr = parse(query)?;
+        let expr = self.parse_cached(query)?;
         if !matches!(
             expr.value_type(),
             promql_parser::parser::value::ValueType::Vector

@@ -119,6 +119,18 @@ impl Catalog {
                 MatchOp::Equal if !m.value.is_empty() => {
                     return values.get(m.value.as_str()).cloned().unwrap_or_default();
                 }
+                MatchOp::Regex
+                    if m.regex_literals()
+                        .is_some_and(|l| !l.iter().any(String::is_empty)) =>
+                {
+                    // `a|b|c`: posting lookups, no scan of the values.
+                    for v in m.regex_literals().unwrap_or_default() {
+                        if let Some(ords) = values.get(v.as_str()) {
+                            with_value |= ords;
+                        }
+                    }
+                    return with_value;
+                }
                 _ => {
                     for (v, ords) in values {
                         if m.matches(v) {

@@ -341,6 +341,42 @@ pub struct Matcher {
     pub op: MatchOp,
     pub value: String,
     re: Option<regex::Regex>,
+    /// Regexes dashboards use most, answered without the regex engine.
+    fast: Option<FastRegex>,
+}
+
+/// Regex shapes that need no regex engine (as Prometheus's
+/// `FastRegexMatcher` does): a literal, `a|b|c`, `.*`, `.+`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FastRegex {
+    Literals(Vec<String>),
+    Any,
+    NonEmpty,
+}
+
+impl FastRegex {
+    fn parse(re: &str) -> Option<FastRegex> {
+        match re {
+            ".*" => return Some(FastRegex::Any),
+            ".+" => return Some(FastRegex::NonEmpty),
+            _ => {}
+        }
+        let meta = |c: char| "\\.+*?()[]{}^$".contains(c);
+        if re.chars().any(meta) {
+            return None;
+        }
+        Some(FastRegex::Literals(
+            re.split('|').map(str::to_string).collect(),
+        ))
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            FastRegex::Any => true,
+            FastRegex::NonEmpty => !v.is_empty(),
+            FastRegex::Literals(l) => l.iter().any(|x| x == v),
+        }
+    }
 }
 
 impl Matcher {
@@ -350,17 +386,23 @@ impl Matcher {
         value: impl Into<String>,
     ) -> Result<Matcher, regex::Error> {
         let value = value.into();
-        let re = match op {
-            MatchOp::Regex | MatchOp::NotRegex => {
-                Some(regex::Regex::new(&format!("^(?s:{value})$"))?)
-            }
-            _ => None,
+        let regex = matches!(op, MatchOp::Regex | MatchOp::NotRegex);
+        let fast = if regex {
+            FastRegex::parse(&value)
+        } else {
+            None
+        };
+        let re = if regex && fast.is_none() {
+            Some(regex::Regex::new(&format!("^(?s:{value})$"))?)
+        } else {
+            None
         };
         Ok(Matcher {
             name: name.into(),
             op,
             value,
             re,
+            fast,
         })
     }
 
@@ -370,6 +412,15 @@ impl Matcher {
             op: MatchOp::Equal,
             value: value.into(),
             re: None,
+            fast: None,
+        }
+    }
+
+    /// The literal values a regex matcher stands for, if it is `a|b|c`.
+    pub fn regex_literals(&self) -> Option<&[String]> {
+        match &self.fast {
+            Some(FastRegex::Literals(l)) => Some(l),
+            _ => None,
         }
     }
 
@@ -378,8 +429,14 @@ impl Matcher {
         match self.op {
             MatchOp::Equal => v == self.value,
             MatchOp::NotEqual => v != self.value,
-            MatchOp::Regex => self.re.as_ref().is_some_and(|r| r.is_match(v)),
-            MatchOp::NotRegex => !self.re.as_ref().is_some_and(|r| r.is_match(v)),
+            MatchOp::Regex => match &self.fast {
+                Some(f) => f.matches(v),
+                None => self.re.as_ref().is_some_and(|r| r.is_match(v)),
+            },
+            MatchOp::NotRegex => !match &self.fast {
+                Some(f) => f.matches(v),
+                None => self.re.as_ref().is_some_and(|r| r.is_match(v)),
+            },
         }
     }
 
@@ -407,4 +464,59 @@ pub struct SeriesData {
     pub labels: Labels,
     pub timestamps: Vec<i64>,
     pub values: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast paths answer exactly as the anchored regex does.
+    #[test]
+    fn fast_regex_agrees_with_the_regex_engine() {
+        let values = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "a|b",
+            "reviews-v1",
+            "reviews-v10",
+            "x.y",
+            "\n",
+        ];
+        for pat in [
+            "a",
+            "a|b",
+            "reviews-v1",
+            ".*",
+            ".+",
+            "",
+            "a|",
+            "x.y",
+            "a.*",
+            "(a|b)",
+            "[ab]",
+        ] {
+            for op in [MatchOp::Regex, MatchOp::NotRegex] {
+                let m = Matcher::new(op, "l", pat).expect("valid");
+                let re = regex::Regex::new(&format!("^(?s:{pat})$")).expect("valid");
+                for v in values {
+                    let want = re.is_match(v) == (op == MatchOp::Regex);
+                    assert_eq!(m.matches(v), want, "{op:?} {pat:?} on {v:?}");
+                }
+            }
+        }
+        assert!(
+            Matcher::new(MatchOp::Regex, "l", "a|b")
+                .expect("valid")
+                .regex_literals()
+                .is_some()
+        );
+        assert!(
+            Matcher::new(MatchOp::Regex, "l", "a.*")
+                .expect("valid")
+                .regex_literals()
+                .is_none()
+        );
+    }
 }
