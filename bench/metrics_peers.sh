@@ -185,7 +185,7 @@ promql)
   sleep 5
   QEND=$(( START + 1439*15000 )); QSTART=$(( QEND - 3600000 ))
   taskset -c 0 "$B" promql-query --target "meshlens=http://$ML=$MP" --target "prometheus=http://$PROM=$PP" \
-    --queries bench/promql_istio_queries.txt --start-ms "$QSTART" --end-ms "$QEND" --step 15s --runs "${RUNS:-7}"
+    --queries "${QUERIES:-bench/promql_istio_queries.txt}" --start-ms "$QSTART" --end-ms "$QEND" --step 15s --runs "${RUNS:-7}"
   stop "$MP"; stop "$PP"
   ;;
 *) echo "unknown section $S" >&2; exit 2;;

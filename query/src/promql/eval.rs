@@ -802,8 +802,9 @@ pub fn elem_binop(op: u16, l: f64, r: f64) -> (f64, bool) {
 fn eval_binary(ctx: &Ctx, b: &BinaryExpr, grid: &Grid) -> R<Val> {
     let op = b.op.id();
     let return_bool = b.modifier.as_ref().is_some_and(|m| m.return_bool);
-    // Both sides read storage: evaluate them in parallel.
-    let (l, r) = if has_selector(&b.lhs) && has_selector(&b.rhs) {
+    // Both sides read storage: evaluate them in parallel (when the process
+    // may use more than one core).
+    let (l, r) = if has_selector(&b.lhs) && has_selector(&b.rhs) && cores() > 1 {
         std::thread::scope(|s| {
             let h = s.spawn(|| eval(ctx, &b.lhs, grid));
             let r = eval(ctx, &b.rhs, grid);
@@ -858,6 +859,12 @@ fn eval_binary(ctx: &Ctx, b: &BinaryExpr, grid: &Grid) -> R<Val> {
             "binary operators need scalar or instant-vector operands",
         )),
     }
+}
+
+/// Cores this process may run on (its CPU affinity), looked up once.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn has_selector(e: &Expr) -> bool {
