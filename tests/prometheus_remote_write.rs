@@ -4,21 +4,12 @@
 
 mod common;
 
-use common::{Server, client, free_port, required_tool, temp_dir};
+use common::{Prometheus, Server, client, required_tool, temp_dir};
 use meshlens_storage::samples::{MatchOp, Matcher, is_stale_nan};
 use meshlens_storage::{Storage, StorageConfig, Telemetry};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Prom(Child);
-impl Drop for Prom {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 type Series = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
 
@@ -41,11 +32,10 @@ async fn prometheus_remote_write_lands_equal() {
     let dir = temp_dir("prom-rw");
     let data = dir.join("meshlens");
     let mut server = Server::start(&data, &[]);
-    let prom_port = free_port();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let prom = Prometheus::start(
+        &prom_bin,
+        &dir,
+        &format!(
             r#"
 global:
   scrape_interval: 1s
@@ -53,7 +43,7 @@ global:
 scrape_configs:
   - job_name: prometheus
     static_configs:
-      - targets: ["127.0.0.1:{prom_port}"]
+      - targets: ["127.0.0.1:{{port}}"]
         labels: {{team: "mesh"}}
 remote_write:
   - url: "http://127.0.0.1:{}/api/v1/write"
@@ -62,24 +52,10 @@ remote_write:
 "#,
             server.http_port
         ),
-    )
-    .expect("config");
-    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-    let _prom = Prom(
-        Command::new(&prom_bin)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prom-data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start prometheus"),
+        &[],
     );
     let http = client();
-    let papi = format!("http://127.0.0.1:{prom_port}/api/v1");
+    let papi = prom.url("/api/v1");
     // Let Prometheus scrape ~8 times and ship the samples.
     let ready = Instant::now() + Duration::from_secs(60);
     loop {
@@ -101,7 +77,7 @@ remote_write:
         assert!(
             Instant::now() < ready,
             "prometheus did not start:\n{}",
-            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            prom.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

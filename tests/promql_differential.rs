@@ -101,12 +101,11 @@
 
 mod common;
 
-use common::{Server, client, free_port, required_tool, temp_dir};
+use common::{Prometheus, Server, client, required_tool, temp_dir};
 use prost::Message;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1160,14 +1159,6 @@ fn generate(base_ms: i64) -> DataSet {
 // ---------------------------------------------------------------------------
 // Running the two servers.
 
-struct Prom(Child);
-impl Drop for Prom {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1705,29 +1696,14 @@ async fn promql_agrees_with_prometheus() {
     );
 
     // Prometheus with the remote-write receiver and no scrape jobs.
-    let prom_port = free_port();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
+    let prom = Prometheus::start(
+        &prom_bin,
+        &dir,
         "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n",
-    )
-    .expect("prometheus config");
-    let log_path = dir.join("prometheus.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let _prom = Prom(
-        Command::new(&prom_bin)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prom-data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start prometheus"),
+        &["--web.enable-remote-write-receiver"],
     );
+    let prom_port = prom.port;
+    let log_path = prom.log_path.clone();
     let server = Server::start(&dir.join("meshlens"), &["--no-self-scrape"]);
     let http = client();
     let papi = format!("http://127.0.0.1:{prom_port}/api/v1");

@@ -206,3 +206,57 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A real Prometheus (the binary `scripts/test.sh` installs) on a free
+/// port, with its data and log in `dir`; killed when dropped.
+pub struct Prometheus {
+    child: Child,
+    pub port: u16,
+    pub log_path: PathBuf,
+}
+
+impl Prometheus {
+    /// Writes `config` (its text may use the port through `{port}`) and
+    /// starts Prometheus with it and `extra` flags.
+    pub fn start(bin: &str, dir: &Path, config: &str, extra: &[&str]) -> Prometheus {
+        let port = free_port();
+        let cfg = dir.join("prometheus.yml");
+        std::fs::create_dir_all(dir).expect("prometheus dir");
+        std::fs::write(&cfg, config.replace("{port}", &port.to_string()))
+            .expect("prometheus config");
+        let log_path = dir.join("prometheus.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prom-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start prometheus");
+        Prometheus {
+            child,
+            port,
+            log_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
