@@ -3,19 +3,10 @@
 
 mod common;
 
-use common::{Server, client, free_port, required_tool, temp_dir};
+use common::{Envoy, Server, client, free_port, required_tool, temp_dir};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Envoy(Child);
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(listen: u16, admin: u16, meshlens: u16, version: &str) -> String {
     format!(
@@ -77,37 +68,26 @@ async fn run_envoy(
 ) {
     let listen = free_port();
     let admin = free_port();
-    let cfg_path = dir.join(format!("envoy-{version}.yaml"));
-    std::fs::write(&cfg_path, config(listen, admin, server.http_port, version)).expect("config");
     let cluster = format!("envoy-{}", version.to_lowercase().replace('_', "-"));
-    let log = std::fs::File::create(dir.join(format!("envoy-{version}.log"))).expect("log");
-    let _envoy = Envoy(
-        Command::new(envoy_bin)
-            .args([
-                "-c",
-                cfg_path.to_str().expect("path"),
-                "--service-cluster",
-                &cluster,
-                "--service-node",
-                "node-1",
-            ])
-            .args(["--base-id", &base_id.to_string(), "--log-level", "warn"])
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start envoy"),
+    let base_id = base_id.to_string();
+    let envoy = Envoy::start(
+        envoy_bin,
+        dir,
+        &format!("envoy-{version}"),
+        &config(listen, admin, server.http_port, version),
+        &[
+            "--service-cluster",
+            &cluster,
+            "--service-node",
+            "node-1",
+            "--base-id",
+            &base_id,
+            "--log-level",
+            "warn",
+        ],
     );
     let http = client();
-    // Wait for Envoy's listener.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "envoy did not start: {}",
-            std::fs::read_to_string(dir.join(format!("envoy-{version}.log"))).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy.wait_listening(listen).await;
     let mut request_ids = BTreeSet::new();
     for i in 0..6 {
         let r = http

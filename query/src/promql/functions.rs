@@ -923,6 +923,18 @@ fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < eps
 }
 
+/// Buckets with equal upper bounds summed (input sorted by bound).
+fn coalesce(b: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(b.len());
+    for &(ub, c) in b {
+        match merged.last_mut() {
+            Some(last) if last.0 == ub => last.1 += c,
+            _ => merged.push((ub, c)),
+        }
+    }
+    merged
+}
+
 /// Prometheus's `BucketQuantile` over sorted `(upper bound, count)`.
 /// Returns the value and whether monotonicity had to be forced.
 fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
@@ -938,15 +950,7 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
     if buckets.is_empty() || buckets[buckets.len() - 1].0 != f64::INFINITY {
         return (f64::NAN, false);
     }
-    // Coalesce equal bounds.
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for &(ub, c) in buckets.iter() {
-        match merged.last_mut() {
-            Some(last) if last.0 == ub => last.1 += c,
-            _ => merged.push((ub, c)),
-        }
-    }
-    *buckets = merged;
+    *buckets = coalesce(buckets);
     let mut forced = false;
     let mut prev = buckets[0].1;
     for b in buckets.iter_mut().skip(1) {
@@ -1078,13 +1082,7 @@ fn bucket_fraction(lower: f64, upper: f64, b: &[(f64, f64)]) -> f64 {
     if b.is_empty() || b[b.len() - 1].0 != f64::INFINITY {
         return f64::NAN;
     }
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(b.len());
-    for &(ub, c) in b {
-        match merged.last_mut() {
-            Some(last) if last.0 == ub => last.1 += c,
-            _ => merged.push((ub, c)),
-        }
-    }
+    let merged = coalesce(b);
     let count = merged[merged.len() - 1].1;
     if count == 0.0 || lower.is_nan() || upper.is_nan() {
         return f64::NAN;
