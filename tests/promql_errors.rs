@@ -172,6 +172,27 @@ async fn bad_queries_get_prometheus_errors_and_the_server_stays_up() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Hostile depth: refused before it can exhaust a stack.
+    for (q, needle) in [
+        (format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000)), "levels of brackets"),
+        (vec!["1"; 100_000].join("+"), "operators"),
+        (format!("{}1", "-".repeat(100_000)), "operators"),
+    ] {
+        for path in ["/api/v1/query", "/api/v1/format_query"] {
+            let r = client()
+                .post(server.url(path))
+                .form(&[("query", q.as_str())])
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 400, "{path}: {v}");
+            assert_eq!(v["errorType"], "bad_data", "{path}: {v}");
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(needle), "{path}: {msg}");
+        }
+    }
     // A huge range over nothing is fine (and quick).
     let (s, v) = get(
         &server,

@@ -126,15 +126,31 @@ fn result_json(r: QueryResult, limit: Option<usize>) -> Response {
     axum::Json(body).into_response()
 }
 
-async fn run<F>(f: F) -> Result<QueryResult, ApiError>
+/// Runs `f` (parse + evaluate) on its own thread with a stack sized for the
+/// deepest query the parser accepts ([`crate::promql::QUERY_STACK_BYTES`]).
+async fn run<T, F>(f: F) -> Result<T, ApiError>
 where
-    F: FnOnce() -> Result<QueryResult, QueryError> + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, QueryError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("promql".into())
+        .stack_size(crate::promql::QUERY_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        return Err(ApiError {
+            kind: ErrorType::Unavailable,
+            message: format!("cannot start a query thread: {e}"),
+        });
+    }
+    match rx.await {
         Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError {
+        Err(_) => Err(ApiError {
             kind: ErrorType::Internal,
-            message: format!("query evaluation panicked: {e}"),
+            message: "query evaluation panicked".into(),
         }),
     }
 }
@@ -202,11 +218,12 @@ pub async fn query_range(
 }
 
 pub async fn format_query(q: RawQuery, h: HeaderMap, body: Bytes) -> Response {
-    let res = (|| {
+    let res = async {
         let p = Params::from_request(q.0.as_deref(), &h, &body)?;
         let query = query_param(&p)?;
-        let expr = crate::promql::parse(&query)?;
-        Ok::<_, ApiError>(super::success(json!(expr.prettify()), vec![]))
-    })();
+        let pretty = run(move || crate::promql::parse(&query).map(|e| e.prettify())).await?;
+        Ok::<_, ApiError>(super::success(json!(pretty), vec![]))
+    }
+    .await;
     res.unwrap_or_else(IntoResponse::into_response)
 }

@@ -800,11 +800,17 @@ fn eval_binary(ctx: &Ctx, b: &BinaryExpr, grid: &Grid) -> R<Val> {
     // may use more than one core).
     let (l, r) = if has_selector(&b.lhs) && has_selector(&b.rhs) && cores() > 1 {
         std::thread::scope(|s| {
-            let h = s.spawn(|| eval(ctx, &b.lhs, grid));
+            let h = std::thread::Builder::new()
+                .stack_size(super::QUERY_STACK_BYTES)
+                .spawn_scoped(s, || eval(ctx, &b.lhs, grid));
             let r = eval(ctx, &b.rhs, grid);
-            let l = h
-                .join()
-                .unwrap_or_else(|_| Err(QueryError::execution("panic while evaluating")));
+            let l = match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(QueryError::execution("panic while evaluating"))),
+                // No thread to be had: evaluate here.
+                Err(_) => eval(ctx, &b.lhs, grid),
+            };
             (l, r)
         })
     } else {

@@ -372,7 +372,77 @@ fn thousands(n: i64) -> String {
 
 /// Parses a query, mapping the parser's error to `bad_data`.
 pub fn parse(query: &str) -> Result<promql_parser::parser::Expr, QueryError> {
+    check_depth(query)?;
     promql_parser::parser::parse(query).map_err(QueryError::bad_data)
+}
+
+/// Stack for threads that parse and evaluate queries: with the limits
+/// below, the deepest accepted tree fits with room to spare (debug builds
+/// included).
+pub const QUERY_STACK_BYTES: usize = 64 << 20;
+
+/// Most bracket nesting levels a query may have.
+pub const MAX_NESTING: usize = 256;
+/// Most operators a query may have (each can add a level to the tree).
+pub const MAX_OPERATORS: usize = 1000;
+
+/// Parsing and evaluation recurse over the expression tree, so a hostile
+/// query (10,000 nested parentheses, a chain of 100,000 `+`) would overflow
+/// the thread's stack and abort the process. Bound the tree's depth from the
+/// text before parsing: bracket nesting, and operators outside strings
+/// (counted generously: a `-` in `1e-3` counts too).
+fn check_depth(query: &str) -> Result<(), QueryError> {
+    let b = query.as_bytes();
+    let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            if c == b'\\' && q != b'`' {
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                b'"' | b'\'' | b'`' => quote = Some(c),
+                b'(' | b'[' | b'{' => {
+                    depth += 1;
+                    max_depth = max_depth.max(depth);
+                }
+                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' => ops += 1,
+                c if c.is_ascii_alphabetic() => {
+                    let start = i;
+                    while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'_')
+                    {
+                        i += 1;
+                    }
+                    let word = &query[start..=i];
+                    if ["and", "or", "unless", "atan2"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k))
+                    {
+                        ops += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    if max_depth > MAX_NESTING {
+        return Err(QueryError::bad_data(format!(
+            "query nests {max_depth} levels of brackets; at most {MAX_NESTING} are accepted"
+        )));
+    }
+    if ops > MAX_OPERATORS {
+        return Err(QueryError::bad_data(format!(
+            "query has {ops} operators; at most {MAX_OPERATORS} are accepted"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -142,3 +142,43 @@ fn errors_have_prometheus_types() {
         QueryErrorKind::Timeout
     );
 }
+
+/// Deeply nested or very long queries are refused before they can exhaust
+/// the stack; the largest accepted ones evaluate.
+#[test]
+fn deep_queries_are_refused_not_fatal() {
+    let e = engine();
+    let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    let err = e.instant_query(&deep, 0).unwrap_err();
+    assert_eq!(err.kind, QueryErrorKind::BadData);
+    assert!(err.msg.contains("levels of brackets"), "{err:?}");
+    let chain = vec!["1"; 100_000].join("+");
+    let err = e.instant_query(&chain, 0).unwrap_err();
+    assert!(err.msg.contains("operators"), "{err:?}");
+    let unary = format!("{}1", "-".repeat(100_000));
+    assert_eq!(
+        e.instant_query(&unary, 0).unwrap_err().kind,
+        QueryErrorKind::BadData
+    );
+    // At the limits: evaluated normally (on a thread with the stack the
+    // server gives query threads).
+    let ok_deep = format!(
+        "{}http_requests_total{{job=\"api\"}}{}",
+        "(".repeat(MAX_NESTING - 1),
+        ")".repeat(MAX_NESTING - 1)
+    );
+    let ok_chain = vec!["1"; MAX_OPERATORS + 1].join("+");
+    let e2 = e.clone();
+    std::thread::Builder::new()
+        .stack_size(QUERY_STACK_BYTES)
+        .spawn(move || {
+            assert!(e2.instant_query(&ok_deep, 300_000).is_ok());
+            match e2.instant_query(&ok_chain, 0).unwrap().value {
+                Value::Scalar { value, .. } => assert_eq!(value, (MAX_OPERATORS + 1) as f64),
+                other => panic!("{other:?}"),
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
