@@ -174,7 +174,10 @@ async fn bad_queries_get_prometheus_errors_and_the_server_stays_up() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Hostile depth: refused before it can exhaust a stack.
     for (q, needle) in [
-        (format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000)), "levels of brackets"),
+        (
+            format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000)),
+            "levels of brackets",
+        ),
         (vec!["1"; 100_000].join("+"), "operators"),
         (format!("{}1", "-".repeat(100_000)), "operators"),
     ] {
