@@ -5,6 +5,7 @@
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
+use meshlens_ingest::derive::{DeriveConfig, Deriver, Dimension};
 use meshlens_ingest::scrape::{ConfigSource, ManagerOptions, SampleSink, ScrapeManager};
 use meshlens_ingest::{IngestConfig, IngestState};
 use meshlens_query::QueryState;
@@ -83,6 +84,38 @@ pub struct ServeArgs {
     /// PromQL: how far back an instant selector looks for a sample.
     #[arg(long, env = "MESHLENS_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = humantime::parse_duration)]
     pub query_lookback_delta: Duration,
+    /// Do not derive span metrics and service-graph series from spans.
+    #[arg(long, env = "MESHLENS_NO_DERIVE")]
+    pub no_derive: bool,
+    /// How often span metrics and service-graph series are written.
+    #[arg(long, env = "MESHLENS_DERIVE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub derive_interval: Duration,
+    /// How long half of a call (client or server span) waits for the other half.
+    #[arg(long, env = "MESHLENS_SERVICE_GRAPH_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub service_graph_wait: Duration,
+    /// Most call halves waiting for their other half; more are dropped and counted.
+    #[arg(
+        long,
+        env = "MESHLENS_SERVICE_GRAPH_MAX_PENDING",
+        default_value_t = 100_000
+    )]
+    pub service_graph_max_pending: usize,
+    /// Extra labels of the derived series, comma-separated LABEL=ATTR[|ATTR...]
+    /// (span attribute, then resource attribute; the first present wins).
+    #[arg(
+        long,
+        env = "MESHLENS_SPAN_DIMENSIONS",
+        default_value = "version=istio.canonical_revision|service.version,namespace=istio.namespace|service.namespace|k8s.namespace.name",
+        value_delimiter = ','
+    )]
+    pub span_dimensions: Vec<String>,
+    /// Sampling probability per service (SERVICE=P, comma-separated) for
+    /// spans that do not carry it: derived counts are multiplied by 1/P.
+    #[arg(long, env = "MESHLENS_SPAN_SAMPLING", value_delimiter = ',')]
+    pub span_sampling: Vec<String>,
+    /// Exemplars (trace ids on derived series) kept in memory.
+    #[arg(long, env = "MESHLENS_MAX_EXEMPLARS", default_value_t = 100_000)]
+    pub max_exemplars: usize,
 }
 
 impl ServeArgs {
@@ -98,7 +131,37 @@ impl ServeArgs {
         cfg.samples.max_labels_per_series = self.max_labels_per_series;
         cfg.samples.flush_age = self.samples_flush_interval;
         cfg.samples.read_cache_bytes = self.query_cache_bytes;
+        cfg.samples.max_exemplars = self.max_exemplars;
         cfg
+    }
+
+    fn derive_config(&self) -> anyhow::Result<DeriveConfig> {
+        let mut dimensions = Vec::new();
+        for d in self.span_dimensions.iter().filter(|d| !d.trim().is_empty()) {
+            dimensions
+                .push(Dimension::parse(d).map_err(|e| anyhow::anyhow!("--span-dimensions: {e}"))?);
+        }
+        let mut sampling = std::collections::HashMap::new();
+        for s in self.span_sampling.iter().filter(|d| !d.trim().is_empty()) {
+            let parsed = s
+                .rsplit_once('=')
+                .and_then(|(svc, p)| Some((svc.trim().to_string(), p.trim().parse::<f64>().ok()?)))
+                .filter(|(svc, p)| !svc.is_empty() && *p > 0.0 && *p <= 1.0);
+            let Some((svc, p)) = parsed else {
+                anyhow::bail!(
+                    "--span-sampling {s:?}: expected SERVICE=PROBABILITY with 0 < PROBABILITY <= 1"
+                );
+            };
+            sampling.insert(svc, p);
+        }
+        Ok(DeriveConfig {
+            interval: self.derive_interval,
+            wait: self.service_graph_wait,
+            max_pending: self.service_graph_max_pending,
+            dimensions,
+            sampling,
+            ..Default::default()
+        })
     }
 }
 
@@ -128,17 +191,24 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let derive_config = args.derive_config()?;
     let telemetry = Telemetry::new();
     let storage = Storage::open(args.storage_config(), telemetry)
         .await
         .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
 
-    let ingest = IngestState::new(
+    let mut ingest = IngestState::new(
         storage.clone(),
         IngestConfig {
             max_body_bytes: args.max_body_bytes,
         },
     );
+    let deriver =
+        (!args.no_derive).then(|| Deriver::new(derive_config, Some(storage.telemetry().clone())));
+    if let Some(d) = &deriver {
+        ingest = ingest.with_deriver(d.clone());
+        d.spawn(storage.samples().clone());
+    }
     let query = QueryState::with_engine_options(
         storage.clone(),
         meshlens_query::promql::EngineOptions {
@@ -240,6 +310,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await;
     scraper.stop().await;
+    if let Some(d) = &deriver {
+        let _ = d.write_to(storage.samples()).await;
+    }
     storage.shutdown().await.context("flushing on shutdown")?;
     tracing::info!("stopped cleanly");
     Ok(())

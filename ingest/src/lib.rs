@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod body;
+pub mod derive;
 pub mod error;
 pub mod metrics;
 pub mod otlp;
@@ -53,13 +54,25 @@ impl Default for IngestConfig {
 pub struct IngestState {
     pub storage: Arc<Storage>,
     pub config: IngestConfig,
+    /// Span metrics and service-graph derivation, when on.
+    pub deriver: Option<Arc<derive::Deriver>>,
 }
 
 impl IngestState {
     /// Also registers the help text of the receivers' own metrics.
     pub fn new(storage: Arc<Storage>, config: IngestConfig) -> Self {
         metrics::describe(storage.telemetry());
-        IngestState { storage, config }
+        IngestState {
+            storage,
+            config,
+            deriver: None,
+        }
+    }
+
+    /// Derives span metrics and service-graph edges from stored spans.
+    pub fn with_deriver(mut self, d: Arc<derive::Deriver>) -> Self {
+        self.deriver = Some(d);
+        self
     }
 }
 

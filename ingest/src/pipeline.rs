@@ -37,9 +37,12 @@ pub(crate) async fn store(
         return Ok(());
     }
     let t = state.storage.telemetry();
-    match state.storage.append_spans(spans).await {
+    match state.storage.append_span_slice(&spans).await {
         Ok(()) => {
             metrics::spans_received(t, receiver, n);
+            if let Some(d) = &state.deriver {
+                d.observe(&spans);
+            }
             Ok(())
         }
         Err(e) => {

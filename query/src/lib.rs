@@ -5,6 +5,7 @@
 pub mod error;
 pub mod prom;
 pub mod promql;
+pub mod topology;
 pub mod traces;
 pub mod zipkin;
 
@@ -62,6 +63,7 @@ impl QueryState {
 pub fn router(state: QueryState) -> Router {
     zipkin::router(state.clone())
         .merge(prom::router(state.clone()))
+        .merge(topology::router(state.clone()))
         .merge(
             Router::new()
                 .route("/metrics", get(metrics))

@@ -428,6 +428,11 @@ impl Storage {
     /// Appends spans durably: when this returns Ok they are in the WAL,
     /// fsynced, and visible to queries.
     pub async fn append_spans(&self, spans: Vec<Span>) -> Result<()> {
+        self.append_span_slice(&spans).await
+    }
+
+    /// [`Storage::append_spans`] for a caller that still needs the spans.
+    pub async fn append_span_slice(&self, spans: &[Span]) -> Result<()> {
         if spans.is_empty() {
             return Ok(());
         }
@@ -435,8 +440,7 @@ impl Storage {
             return Err(StorageError::ShuttingDown);
         }
         self.check_budget()?;
-        let batch = spans_to_batch(&spans)?;
-        drop(spans);
+        let batch = spans_to_batch(spans)?;
         let payload = encode_ipc(&batch)?;
         let (reply, rx) = oneshot::channel();
         self.wal_tx

@@ -240,14 +240,46 @@ async fn buildinfo() -> Response {
     )
 }
 
-/// Exemplars are not stored yet: an empty answer in the right shape.
-async fn exemplars(q: RawQuery, h: HeaderMap, body: Bytes) -> Response {
+/// `/api/v1/query_exemplars`: the exemplars (trace ids the span-derived
+/// series carry) of every series the query's selectors select, in
+/// `[start, end]` (default: all time), in Prometheus's shape.
+async fn exemplars(
+    State(st): State<QueryState>,
+    q: RawQuery,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
     let res = (|| {
         let p = Params::from_request(q.0.as_deref(), &h, &body)?;
-        if p.get("query").is_none_or(str::is_empty) {
+        let query = p.get("query").unwrap_or("");
+        if query.is_empty() {
             return Err(ApiError::bad_data("query parameter is required"));
         }
-        Ok(success(json!([]), vec![]))
+        let (start, end) = p.range()?;
+        let expr = crate::promql::parse(query)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"query\": {}", e.msg)))?;
+        let mut selectors = Vec::new();
+        crate::promql::collect_selectors(&expr, &mut selectors);
+        let mut sets = Vec::new();
+        for vs in selectors {
+            sets.extend(params::selector_matchers(vs, query)?);
+        }
+        let groups = st.storage.samples().exemplars().select(&sets, start, end);
+        let data: Vec<Value> = groups
+            .into_iter()
+            .map(|g| {
+                json!({
+                    "seriesLabels": labels_json(&g.series),
+                    "exemplars": g.exemplars.iter().map(|e| json!({
+                        "labels": e.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                            .collect::<serde_json::Map<String, Value>>(),
+                        "value": crate::promql::eval::format_float(e.value),
+                        "timestamp": e.timestamp_ms as f64 / 1000.0,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(success(Value::Array(data), vec![]))
     })();
     res.unwrap_or_else(IntoResponse::into_response)
 }

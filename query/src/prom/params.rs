@@ -126,6 +126,15 @@ pub fn parse_selector(s: &str) -> Result<Vec<Vec<Matcher>>, ApiError> {
             "invalid parameter \"match[]\": {s:?} is not a series selector"
         )));
     };
+    selector_matchers(&vs, s)
+}
+
+/// The matcher sets of a parsed vector selector (`or` inside braces makes
+/// several); `s` is the text quoted in errors.
+pub fn selector_matchers(
+    vs: &promql_parser::parser::VectorSelector,
+    s: &str,
+) -> Result<Vec<Vec<Matcher>>, ApiError> {
     let conv = |m: &promql_parser::label::Matcher| -> Result<Matcher, ApiError> {
         let op = match m.op {
             PMatchOp::Equal => MatchOp::Equal,

@@ -447,3 +447,34 @@ fn check_depth(query: &str) -> Result<(), QueryError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Every vector selector of an expression (those inside range selectors
+/// and subqueries too), in source order.
+pub fn collect_selectors<'e>(
+    e: &'e Expr,
+    out: &mut Vec<&'e promql_parser::parser::VectorSelector>,
+) {
+    match e {
+        Expr::Aggregate(a) => {
+            collect_selectors(&a.expr, out);
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+        }
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::VectorSelector(vs) => out.push(vs),
+        Expr::MatrixSelector(ms) => out.push(&ms.vs),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                collect_selectors(a, out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}

@@ -1473,7 +1473,7 @@ impl Runner<'_> {
         };
         if let Some(ast) = &ast {
             let mut selectors = Vec::new();
-            collect_selectors(ast, &mut selectors);
+            super::collect_selectors(ast, &mut selectors);
             for kind in [TaintKind::NativeHistogram, TaintKind::StartTimestamps] {
                 let hit = self.tainted.iter().any(|(labels, k)| {
                     *k == kind && selectors.iter().any(|vs| selector_matches(vs, labels))
@@ -1663,32 +1663,6 @@ fn nhcb_labels(labels: &Labels) -> Option<Labels> {
         name.strip_suffix("_count")?
     };
     Some(labels.without(|n| n == "le").with("__name__", base))
-}
-
-fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e promql_parser::parser::VectorSelector>) {
-    match e {
-        Expr::Aggregate(a) => {
-            collect_selectors(&a.expr, out);
-            if let Some(p) = &a.param {
-                collect_selectors(p, out);
-            }
-        }
-        Expr::Unary(u) => collect_selectors(&u.expr, out),
-        Expr::Binary(b) => {
-            collect_selectors(&b.lhs, out);
-            collect_selectors(&b.rhs, out);
-        }
-        Expr::Paren(p) => collect_selectors(&p.expr, out),
-        Expr::Subquery(s) => collect_selectors(&s.expr, out),
-        Expr::VectorSelector(vs) => out.push(vs),
-        Expr::MatrixSelector(ms) => out.push(&ms.vs),
-        Expr::Call(c) => {
-            for a in &c.args.args {
-                collect_selectors(a, out);
-            }
-        }
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
-    }
 }
 
 /// Whether a selector could select the series with these labels.

@@ -2,11 +2,13 @@
 //! head, Parquet files sorted by (series id, time). See storage/README.md.
 
 mod catalog;
+pub mod exemplars;
 pub mod model;
 mod sfiles;
 mod store;
 mod walrec;
 
+pub use exemplars::{Exemplar, ExemplarStore, SeriesExemplars};
 pub use model::*;
 pub use sfiles::SampleFile;
 pub(crate) use store::OpenArgs;

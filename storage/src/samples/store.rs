@@ -3,6 +3,7 @@
 //! manifest -> WAL removal), select, retention and compaction.
 
 use super::catalog::{self, Catalog};
+use super::exemplars::ExemplarStore;
 use super::model::*;
 use super::sfiles::{self, FileBuilder, PARTITION_MS, SampleFile};
 use super::walrec::{self, Record};
@@ -43,6 +44,8 @@ pub struct SampleConfig {
     /// (least recently used out first); 0 reads ranges from the object
     /// store every time. Plays the part of Prometheus's page cache.
     pub read_cache_bytes: usize,
+    /// Exemplars kept in memory (a ring; 0 keeps none).
+    pub max_exemplars: usize,
 }
 
 impl Default for SampleConfig {
@@ -56,6 +59,7 @@ impl Default for SampleConfig {
             flush_samples: 8_000_000,
             flush_age: Duration::from_secs(15 * 60),
             read_cache_bytes: 256 << 20,
+            max_exemplars: super::exemplars::DEFAULT_MAX_EXEMPLARS,
         }
     }
 }
@@ -212,6 +216,7 @@ pub struct SampleStore {
     wal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stopping: AtomicBool,
+    exemplars: ExemplarStore,
 }
 
 /// Counts for /metrics and tests.
@@ -391,6 +396,7 @@ impl SampleStore {
         );
 
         let read_cache_bytes = args.samples.read_cache_bytes;
+        let exemplars = ExemplarStore::open(&args.data_dir, args.samples.max_exemplars);
         let inner = Arc::new(Inner {
             catalog: RwLock::new(cat),
             head: Mutex::new(head),
@@ -420,6 +426,7 @@ impl SampleStore {
             wal_thread: Mutex::new(Some(thread)),
             background: Mutex::new(vec![]),
             stopping: AtomicBool::new(false),
+            exemplars,
         });
         s.publish_gauges();
         let bg = s.clone();
@@ -427,6 +434,11 @@ impl SampleStore {
             .lock()
             .push(tokio::spawn(async move { bg.background_loop().await }));
         Ok(s)
+    }
+
+    /// Exemplars (trace ids attached to series), see [`ExemplarStore`].
+    pub fn exemplars(&self) -> &ExemplarStore {
+        &self.exemplars
     }
 
     pub fn telemetry(&self) -> &Telemetry {
@@ -1254,6 +1266,9 @@ impl SampleStore {
             let _ = h.await;
         }
         let flushed = self.flush().await;
+        if let Err(e) = self.exemplars.save() {
+            tracing::warn!(error = %e, "exemplars not saved");
+        }
         let _ = self.send(WalCmd::Stop);
         let thread = self.wal_thread.lock().take();
         if let Some(t) = thread {

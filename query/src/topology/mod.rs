@@ -1,0 +1,362 @@
+//! The service topology: what calls what, and how healthy each call path
+//! is, from mesh metrics (Istio standard metrics, or raw Envoy stats) and
+//! from the service-graph series derived from spans. See docs/API.md
+//! ("Topology") for the parameters and the answer.
+
+pub mod model;
+pub mod nodegraph;
+pub mod red;
+pub mod sources;
+
+use crate::QueryState;
+use crate::prom::params::{parse_duration_ms, parse_time};
+use crate::promql::InstantSample;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use meshlens_storage::samples::Labels;
+use model::{GraphType, HealthThresholds, NodeRef, Topology};
+use std::collections::{BTreeMap, HashMap};
+
+/// The PromQL per figure of an edge, given its two nodes.
+pub type Queries = dyn Fn(&NodeRef, &NodeRef) -> BTreeMap<&'static str, String> + Send + Sync;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopoError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for TopoError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            TopoError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            TopoError::NotFound(_) => StatusCode::NOT_FOUND,
+            TopoError::Query(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            TopoError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(serde_json::json!({"status": "error", "error": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+/// A query window and the means to evaluate PromQL over it.
+pub struct Ctx {
+    pub st: QueryState,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The window as a PromQL duration (`300s`).
+    pub w: String,
+}
+
+impl Ctx {
+    pub fn new(st: QueryState, start_ms: i64, end_ms: i64) -> Ctx {
+        let secs = ((end_ms - start_ms) as f64 / 1000.0).ceil().max(1.0) as i64;
+        Ctx {
+            st,
+            start_ms,
+            end_ms,
+            w: format!("{secs}s"),
+        }
+    }
+
+    /// An instant query at the window's end.
+    pub async fn instant(&self, q: &str) -> Result<Vec<InstantSample>, TopoError> {
+        let engine = self.st.engine.clone();
+        let q = q.to_string();
+        let t = self.end_ms;
+        let r =
+            tokio::task::spawn_blocking(move || engine.instant_query(&q, t).map_err(|e| (q, e)))
+                .await
+                .map_err(|e| TopoError::Internal(e.to_string()))?;
+        match r {
+            Ok(r) => match r.value {
+                crate::promql::Value::Vector(v) => Ok(v),
+                crate::promql::Value::Scalar { t_ms, value } => Ok(vec![InstantSample {
+                    labels: Labels::default(),
+                    t_ms,
+                    value,
+                }]),
+                _ => Ok(vec![]),
+            },
+            Err((q, e)) => Err(TopoError::Query(format!("{q}: {}", e.msg))),
+        }
+    }
+
+    /// The query's values by labels over the last minute, when the window
+    /// is longer than 90 s (to tell edges idle now); else `None`.
+    pub async fn recent(&self, q: &str) -> Result<Option<HashMap<Labels, f64>>, TopoError> {
+        if self.end_ms - self.start_ms <= 90_000 {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.instant(q)
+                .await?
+                .into_iter()
+                .map(|s| (s.labels, s.value))
+                .collect(),
+        ))
+    }
+
+    /// Counter increase in the window from the stored samples, not
+    /// extrapolated: per series the sum of its increases between samples
+    /// (a drop is a reset: the new value counts), from its last sample at
+    /// or before the window's start, or from 0 when the series begins
+    /// inside the window. Summed by the `by` labels (comma-separated).
+    pub async fn exact_increase(
+        &self,
+        sel: &str,
+        by: &str,
+    ) -> Result<HashMap<Labels, f64>, TopoError> {
+        let sets = sources::selector(sel)?;
+        let by: Vec<&str> = by.split(',').map(str::trim).collect();
+        let lookback = self.st.engine.options().lookback_ms;
+        let mut out: HashMap<Labels, f64> = HashMap::new();
+        for set in sets {
+            let data = self
+                .st
+                .storage
+                .samples()
+                .select(&set, self.start_ms - lookback, self.end_ms)
+                .await
+                .map_err(|e| TopoError::Internal(e.to_string()))?;
+            for s in data {
+                let mut prev: Option<f64> = None;
+                let mut inc = 0.0;
+                for (t, v) in s.timestamps.iter().zip(&s.values) {
+                    if meshlens_storage::samples::is_stale_nan(*v) || v.is_nan() {
+                        continue;
+                    }
+                    if *t <= self.start_ms {
+                        prev = Some(*v);
+                        continue;
+                    }
+                    let p = prev.unwrap_or(0.0);
+                    inc += if *v >= p { v - p } else { *v };
+                    prev = Some(*v);
+                }
+                let key = Labels::new(by.iter().filter_map(|k| s.labels.get(k).map(|v| (*k, v))))
+                    .unwrap_or_default();
+                *out.entry(key).or_default() += inc;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where the window is: `start`/`end` (RFC 3339 or Unix seconds) or a
+/// `window` (`5m`) ending at `end` (default now). Defaults to the last 5 m.
+pub fn window(p: &HashMap<String, String>) -> Result<(i64, i64), TopoError> {
+    let t = |k: &str| -> Result<Option<i64>, TopoError> {
+        match p.get(k).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(s) => parse_time(s)
+                .map(Some)
+                .map_err(|e| TopoError::BadRequest(format!("invalid parameter {k:?}: {e}"))),
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let end = t("end")?.unwrap_or(now);
+    let start = match (t("start")?, p.get("window").filter(|s| !s.is_empty())) {
+        (Some(s), _) => s,
+        (None, Some(w)) => {
+            let ms = parse_duration_ms(w)
+                .map_err(|e| TopoError::BadRequest(format!("invalid parameter \"window\": {e}")))?;
+            end - ms
+        }
+        (None, None) => end - 5 * 60_000,
+    };
+    if end <= start {
+        return Err(TopoError::BadRequest(
+            "the window is empty: \"end\" must be after \"start\"".into(),
+        ));
+    }
+    if end - start > 31 * 24 * 3_600_000 {
+        return Err(TopoError::BadRequest(
+            "the window may be at most 31 days".into(),
+        ));
+    }
+    Ok((start, end))
+}
+
+fn thresholds(p: &HashMap<String, String>) -> Result<HealthThresholds, TopoError> {
+    let mut th = HealthThresholds::default();
+    for (k, slot) in [
+        ("degraded_5xx", &mut th.degraded_5xx),
+        ("failing_5xx", &mut th.failing_5xx),
+        ("degraded_4xx", &mut th.degraded_4xx),
+        ("failing_4xx", &mut th.failing_4xx),
+    ] {
+        if let Some(v) = p.get(k).filter(|s| !s.is_empty()) {
+            *slot = v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=1.0).contains(x))
+                .ok_or_else(|| {
+                    TopoError::BadRequest(format!("{k} must be a ratio between 0 and 1, got {v:?}"))
+                })?;
+        }
+    }
+    Ok(th)
+}
+
+/// Computes the topology for the request's parameters.
+pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Topology, TopoError> {
+    let (start, end) = window(p)?;
+    let graph = match p.get("graph").map(String::as_str).filter(|s| !s.is_empty()) {
+        None => GraphType::VersionedApp,
+        Some(g) => GraphType::parse(g).ok_or_else(|| {
+            TopoError::BadRequest(format!(
+                "unknown graph type {g:?}: use workload, app, versioned_app or service"
+            ))
+        })?,
+    };
+    let source: &'static str = match p.get("source").map(String::as_str).unwrap_or("auto") {
+        "" | "auto" => "auto",
+        "mesh" => "mesh",
+        "spans" => "spans",
+        s => {
+            return Err(TopoError::BadRequest(format!(
+                "unknown source {s:?}: use spans, mesh or auto"
+            )));
+        }
+    };
+    let exact = matches!(p.get("exact").map(String::as_str), Some("true" | "1"));
+    if exact {
+        return Err(TopoError::BadRequest(
+            "exact=true (recompute from stored spans) is not available yet; use the derived series (omit exact)".into(),
+        ));
+    }
+    let th = thresholds(p)?;
+    let namespaces: Vec<String> = p
+        .get("namespaces")
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cx = Ctx::new(st, start, end);
+    let mut warnings = Vec::new();
+
+    let mut mesh_metrics = None;
+    let mut mesh_graph = None;
+    if source != "spans" {
+        let found = if sources::has_data(&cx, "istio_requests_total").await? {
+            Some(("istio", sources::istio(&cx, graph).await?))
+        } else if sources::has_data(&cx, "envoy_cluster_upstream_rq").await? {
+            Some(("envoy", sources::envoy(&cx, graph).await?))
+        } else {
+            None
+        };
+        if let Some((kind, (rows, extras, queries))) = found {
+            mesh_metrics = Some(kind);
+            mesh_graph = Some(model::build(&rows, graph, "mesh", &extras, &*queries, &th));
+        } else if source == "mesh" {
+            warnings.push(
+                "no mesh metrics (istio_requests_total or envoy_cluster_upstream_rq) in the window"
+                    .into(),
+            );
+        }
+    }
+    let mut span_graph = None;
+    if source != "mesh" {
+        if sources::has_data(&cx, "traces_service_graph_request_total").await? {
+            let (rows, extras, queries) = sources::spans(&cx, graph).await?;
+            span_graph = Some(model::build(&rows, graph, "spans", &extras, &*queries, &th));
+        } else if source == "spans" {
+            warnings.push("no service-graph series derived from spans in the window".into());
+        }
+    }
+    let (mut nodes, mut edges) = match (mesh_graph, span_graph) {
+        (Some(m), Some(s)) => model::merge(m, s),
+        (Some(m), None) => m,
+        (None, Some(s)) => s,
+        (None, None) => (vec![], vec![]),
+    };
+    if !namespaces.is_empty() {
+        let in_ns = |id: &str, nodes: &[model::Node]| {
+            nodes
+                .iter()
+                .find(|n| n.id == id)
+                .is_some_and(|n| namespaces.contains(&n.namespace))
+        };
+        edges.retain(|e| in_ns(&e.source, &nodes) || in_ns(&e.target, &nodes));
+        let keep: std::collections::HashSet<String> = edges
+            .iter()
+            .flat_map(|e| [e.source.clone(), e.target.clone()])
+            .collect();
+        nodes.retain(|n| keep.contains(&n.id) || namespaces.contains(&n.namespace));
+    }
+    Ok(Topology {
+        source,
+        graph,
+        start: start as f64 / 1000.0,
+        end: end as f64 / 1000.0,
+        window_seconds: (end - start) as f64 / 1000.0,
+        mesh_metrics,
+        exact,
+        nodes,
+        edges,
+        warnings,
+    })
+}
+
+async fn topology_handler(
+    State(st): State<QueryState>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, TopoError> {
+    let t = topology(st, &p).await?;
+    Ok(match p.get("format").map(String::as_str) {
+        Some("nodegraph") => Json(nodegraph::frames(&t)).into_response(),
+        None | Some("") | Some("json") => Json(t).into_response(),
+        Some(f) => {
+            return Err(TopoError::BadRequest(format!(
+                "unknown format {f:?}: use json or nodegraph"
+            )));
+        }
+    })
+}
+
+async fn nodes_handler(
+    State(st): State<QueryState>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, TopoError> {
+    let t = topology(st, &p).await?;
+    Ok(Json(nodegraph::frames(&t).nodes).into_response())
+}
+
+async fn edges_handler(
+    State(st): State<QueryState>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Response, TopoError> {
+    let t = topology(st, &p).await?;
+    Ok(Json(nodegraph::frames(&t).edges).into_response())
+}
+
+/// `/api/topology`, `/api/topology/nodes`, `/api/topology/edges`,
+/// `/api/services...`.
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/api/topology", get(topology_handler))
+        .route("/api/topology/nodes", get(nodes_handler))
+        .route("/api/topology/edges", get(edges_handler))
+        .merge(red::router())
+        .with_state(state)
+}

@@ -1,0 +1,761 @@
+//! Rows (one per call path and response code) from each source: Istio
+//! standard metrics, raw Envoy cluster stats, and the series derived from
+//! spans. Figures come from the PromQL engine so each one has a query that
+//! reproduces it; request counts come from the raw samples (not
+//! extrapolated).
+
+use super::model::{EdgeFlags, Extras, GraphType, Ident, Latency, NodeRef, Row, Tcp};
+use super::{Ctx, TopoError};
+use meshlens_storage::samples::{Labels, Matcher};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Identity labels of Istio metrics needed for node ids of graph type `g`.
+fn istio_group(g: GraphType) -> Vec<&'static str> {
+    let mut v = vec![
+        "source_workload_namespace",
+        "source_workload",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_workload_namespace",
+        "destination_workload",
+    ];
+    match g {
+        GraphType::Workload => {}
+        GraphType::App | GraphType::Service => {
+            v.extend(["source_canonical_service", "destination_canonical_service"]);
+        }
+        GraphType::VersionedApp => v.extend([
+            "source_canonical_service",
+            "destination_canonical_service",
+            "source_canonical_revision",
+            "destination_canonical_revision",
+        ]),
+    }
+    v
+}
+
+fn get(l: &Labels, k: &str) -> String {
+    l.get(k).unwrap_or("").to_string()
+}
+
+fn istio_idents(l: &Labels) -> (Ident, Ident) {
+    let src_workload = get(l, "source_workload");
+    let src = Ident {
+        namespace: get(l, "source_workload_namespace"),
+        workload: src_workload.clone(),
+        app: l
+            .get("source_canonical_service")
+            .or(l.get("source_app"))
+            .unwrap_or("")
+            .to_string(),
+        version: l
+            .get("source_canonical_revision")
+            .or(l.get("source_version"))
+            .unwrap_or("")
+            .to_string(),
+        service: String::new(),
+        unknown: src_workload == "unknown",
+        virtual_node: false,
+    };
+    let dst_wl_ns = get(l, "destination_workload_namespace");
+    let dst = Ident {
+        namespace: if dst_wl_ns.is_empty() || dst_wl_ns == "unknown" {
+            get(l, "destination_service_namespace")
+        } else {
+            dst_wl_ns
+        },
+        workload: get(l, "destination_workload"),
+        app: l
+            .get("destination_canonical_service")
+            .or(l.get("destination_app"))
+            .unwrap_or("")
+            .to_string(),
+        version: l
+            .get("destination_canonical_revision")
+            .or(l.get("destination_version"))
+            .unwrap_or("")
+            .to_string(),
+        service: get(l, "destination_service_name"),
+        unknown: false,
+        virtual_node: false,
+    };
+    (src, dst)
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Label matchers (PromQL text) selecting one node on one side.
+fn istio_node_sel(n: &NodeRef, source_side: bool) -> Vec<String> {
+    let p = if source_side { "source" } else { "destination" };
+    let i = &n.ident;
+    let ns_label = if source_side {
+        "source_workload_namespace"
+    } else if n.node_type == "service" {
+        "destination_service_namespace"
+    } else {
+        "destination_workload_namespace"
+    };
+    let mut v = Vec::new();
+    match n.node_type {
+        "unknown" => v.push(format!("{p}_workload=\"unknown\"")),
+        "workload" => v.push(format!("{p}_workload={}", q(&i.workload))),
+        "app" | "versioned_app" => {
+            v.push(format!("{p}_canonical_service={}", q(&i.app)));
+            if n.node_type == "versioned_app" {
+                v.push(format!("{p}_canonical_revision={}", q(&i.version)));
+            }
+        }
+        _ => {
+            if source_side {
+                v.push(format!("source_canonical_service={}", q(&i.service)));
+            } else {
+                v.push(format!("destination_service_name={}", q(&i.service)));
+            }
+        }
+    }
+    if n.node_type != "unknown" && !i.namespace.is_empty() {
+        v.push(format!("{ns_label}={}", q(&i.namespace)));
+    }
+    v
+}
+
+fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str, String> {
+    let reporter = if src.node_type == "unknown" {
+        "destination"
+    } else {
+        "source"
+    };
+    let mut sel = vec![format!("reporter=\"{reporter}\"")];
+    sel.extend(istio_node_sel(src, true));
+    sel.extend(istio_node_sel(dst, false));
+    let sel = sel.join(",");
+    let rate = format!("sum(rate(istio_requests_total{{{sel}}}[{w}]))");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "error_ratio",
+        format!("sum(rate(istio_requests_total{{{sel},response_code=~\"5..\"}}[{w}])) / {rate}"),
+    );
+    m.insert(
+        "error_ratio_4xx",
+        format!("sum(rate(istio_requests_total{{{sel},response_code=~\"4..\"}}[{w}])) / {rate}"),
+    );
+    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
+        m.insert(
+            k,
+            format!("histogram_quantile({qn}, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{w}])))"),
+        );
+    }
+    m.insert(
+        "requests",
+        format!("sum(increase(istio_requests_total{{{sel}}}[{w}]))"),
+    );
+    m.insert(
+        "responses",
+        format!(
+            "sum by (response_code, response_flags) (rate(istio_requests_total{{{sel}}}[{w}]))"
+        ),
+    );
+    m.insert("rate", rate);
+    m
+}
+
+/// Whether any series of `metric` has samples in the window.
+pub async fn has_data(cx: &Ctx, metric: &str) -> Result<bool, TopoError> {
+    let r = cx
+        .instant(&format!("count(last_over_time({metric}[{}]))", cx.w))
+        .await?;
+    Ok(r.iter().any(|s| s.value > 0.0))
+}
+
+/// The Istio-metrics graph (Kiali's queries: `reporter="source"` for calls
+/// from inside the mesh, `reporter="destination"` with
+/// `source_workload="unknown"` for traffic from outside).
+pub async fn istio(
+    cx: &Ctx,
+    g: GraphType,
+) -> Result<(Vec<Row>, Extras, Box<super::Queries>), TopoError> {
+    let group = istio_group(g).join(",");
+    let w = cx.w.clone();
+    let sels = [
+        r#"istio_requests_total{reporter="source"}"#,
+        r#"istio_requests_total{reporter="destination",source_workload="unknown"}"#,
+    ];
+    let mut rows = Vec::new();
+    let by = format!("{group},request_protocol,response_code,response_flags");
+    for sel in sels {
+        let rates = cx
+            .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
+            .await?;
+        let recent = cx
+            .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
+            .await?;
+        let counts = cx.exact_increase(sel, &by).await?;
+        for s in rates {
+            let (src, dst) = istio_idents(&s.labels);
+            let key = s.labels.clone();
+            rows.push(Row {
+                src,
+                dst,
+                protocol: get(&key, "request_protocol"),
+                code: get(&key, "response_code"),
+                flags: get(&key, "response_flags"),
+                rate: s.value,
+                requests: counts.get(&key).copied().unwrap_or(0.0),
+                failed_rate: None,
+                recent_rate: recent.as_ref().map(|r| r.get(&key).copied().unwrap_or(0.0)),
+            });
+        }
+    }
+    let mut extras = Extras::default();
+    let edge_key = |l: &Labels| {
+        let (s, d) = istio_idents(l);
+        (s.node(g, true).id, d.node(g, false).id)
+    };
+    // Latency quantiles, per graph-type group (quantiles do not add up).
+    for (name, qn) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+        for sel in [
+            r#"istio_request_duration_milliseconds_bucket{reporter="source"}"#,
+            r#"istio_request_duration_milliseconds_bucket{reporter="destination",source_workload="unknown"}"#,
+        ] {
+            let r = cx
+                .instant(&format!(
+                    "histogram_quantile({qn}, sum by ({group},le) (rate({sel}[{w}])))"
+                ))
+                .await?;
+            for s in r {
+                if !s.value.is_finite() {
+                    continue;
+                }
+                let lat: &mut Latency = extras.latency.entry(edge_key(&s.labels)).or_default();
+                match name {
+                    "p50" => lat.p50 = Some(s.value),
+                    "p95" => lat.p95 = Some(s.value),
+                    _ => lat.p99 = Some(s.value),
+                }
+            }
+        }
+    }
+    // mTLS share, from the destination's view (sources report "unknown").
+    let all = cx
+        .instant(&format!(
+            "sum by ({group}) (rate(istio_requests_total{{reporter=\"destination\"}}[{w}]))"
+        ))
+        .await?;
+    let mtls = cx
+        .instant(&format!(
+            "sum by ({group}) (rate(istio_requests_total{{reporter=\"destination\",connection_security_policy=\"mutual_tls\"}}[{w}]))"
+        ))
+        .await?;
+    let mtls: HashMap<Labels, f64> = mtls.into_iter().map(|s| (s.labels, s.value)).collect();
+    let mut acc: HashMap<(String, String), (f64, f64)> = HashMap::new();
+    for s in all {
+        let m = mtls.get(&s.labels).copied().unwrap_or(0.0);
+        let e = acc.entry(edge_key(&s.labels)).or_default();
+        e.0 += m;
+        e.1 += s.value;
+    }
+    for (k, (m, t)) in acc {
+        if t > 0.0 {
+            extras.mtls.insert(k, m / t);
+        }
+    }
+    // TCP bytes.
+    for (metric, sent) in [
+        ("istio_tcp_sent_bytes_total", true),
+        ("istio_tcp_received_bytes_total", false),
+    ] {
+        let r = cx
+            .instant(&format!(
+                "sum by ({group}) (rate({metric}{{reporter=\"source\"}}[{w}]))"
+            ))
+            .await?;
+        for s in r {
+            let t: &mut Tcp = extras.tcp.entry(edge_key(&s.labels)).or_default();
+            if sent {
+                t.sent_bytes_per_second += s.value;
+            } else {
+                t.received_bytes_per_second += s.value;
+            }
+        }
+    }
+    let wq = w.clone();
+    Ok((
+        rows,
+        extras,
+        Box::new(move |s: &NodeRef, d: &NodeRef| istio_queries(s, d, &wq)),
+    ))
+}
+
+/// `outbound|9080|v1|reviews.default.svc.cluster.local` -> (service, namespace, subset).
+pub fn parse_istio_cluster(c: &str) -> Option<(String, String, String)> {
+    let mut p = c.split('|');
+    if p.next()? != "outbound" {
+        return None;
+    }
+    let _port = p.next()?;
+    let subset = p.next().unwrap_or("").to_string();
+    let host = p.next()?;
+    let mut parts = host.split('.');
+    let svc = parts.next()?.to_string();
+    let ns = parts.next().unwrap_or("").to_string();
+    (!svc.is_empty()).then_some((svc, ns, subset))
+}
+
+const ENVOY_NODE: &str = "namespace,workload,app,version,job,instance";
+
+fn envoy_src(l: &Labels) -> Ident {
+    let workload = l
+        .get("workload")
+        .or(l.get("app"))
+        .or(l.get("job"))
+        .unwrap_or("")
+        .to_string();
+    Ident {
+        namespace: get(l, "namespace"),
+        app: l.get("app").unwrap_or(&workload).to_string(),
+        version: get(l, "version"),
+        workload,
+        ..Default::default()
+    }
+}
+
+fn envoy_dst(l: &Labels) -> Option<Ident> {
+    let (svc, ns, subset) = parse_istio_cluster(l.get("envoy_cluster_name")?)?;
+    Some(Ident {
+        namespace: ns,
+        app: svc.clone(),
+        version: subset,
+        service: svc,
+        ..Default::default()
+    })
+}
+
+fn envoy_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str, String> {
+    let mut sel = Vec::new();
+    let i = &src.ident;
+    match src.node_type {
+        "workload" => sel.push(format!("workload={}", q(&i.workload))),
+        _ => {
+            sel.push(format!("app={}", q(&i.app)));
+            if src.node_type == "versioned_app" {
+                sel.push(format!("version={}", q(&i.version)));
+            }
+        }
+    }
+    if !i.namespace.is_empty() {
+        sel.push(format!("namespace={}", q(&i.namespace)));
+    }
+    let d = &dst.ident;
+    let host = if d.namespace.is_empty() {
+        regex_escape(&d.service)
+    } else {
+        format!(
+            "{}\\\\.{}",
+            regex_escape(&d.service),
+            regex_escape(&d.namespace)
+        )
+    };
+    let subset = if dst.node_type == "versioned_app" {
+        regex_escape(&d.version)
+    } else {
+        "[^|]*".into()
+    };
+    sel.push(format!(
+        "envoy_cluster_name=~\"outbound\\\\|[^|]*\\\\|{subset}\\\\|{host}(\\\\..*)?\""
+    ));
+    let sel = sel.join(",");
+    let rate = format!("sum(rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "error_ratio",
+        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},envoy_response_code=~\"5..\"}}[{w}])) / {rate}"),
+    );
+    m.insert(
+        "error_ratio_4xx",
+        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},envoy_response_code=~\"4..\"}}[{w}])) / {rate}"),
+    );
+    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
+        m.insert(
+            k,
+            format!("histogram_quantile({qn}, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{{{sel}}}[{w}])))"),
+        );
+    }
+    m.insert(
+        "requests",
+        format!("sum(increase(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
+    );
+    m.insert(
+        "responses",
+        format!("sum by (envoy_response_code) (rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
+    );
+    m.insert("rate", rate);
+    m
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut o = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            o.push_str("\\\\");
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// The graph from raw Envoy stats, for proxies without Istio's telemetry:
+/// the scraped proxy is the source (its scrape labels `namespace`,
+/// `workload`, `app`, `version`), the Istio-named outbound cluster the
+/// destination (`outbound|port|subset|host`).
+pub async fn envoy(
+    cx: &Ctx,
+    g: GraphType,
+) -> Result<(Vec<Row>, Extras, Box<super::Queries>), TopoError> {
+    let w = cx.w.clone();
+    let sel = r#"envoy_cluster_upstream_rq{envoy_cluster_name=~"outbound\\|.*"}"#;
+    let by = format!("{ENVOY_NODE},envoy_cluster_name,envoy_response_code");
+    let rates = cx
+        .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
+        .await?;
+    let recent = cx
+        .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
+        .await?;
+    let counts = cx.exact_increase(sel, &by).await?;
+    let mut rows = Vec::new();
+    for s in rates {
+        let Some(dst) = envoy_dst(&s.labels) else {
+            continue;
+        };
+        rows.push(Row {
+            src: envoy_src(&s.labels),
+            dst,
+            protocol: "http".into(),
+            code: get(&s.labels, "envoy_response_code"),
+            flags: String::new(),
+            rate: s.value,
+            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
+            failed_rate: None,
+            recent_rate: recent
+                .as_ref()
+                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+        });
+    }
+    let mut extras = Extras::default();
+    let edge_key = |l: &Labels| -> Option<(String, String)> {
+        Some((
+            envoy_src(l).node(g, true).id,
+            envoy_dst(l)?.node(g, false).id,
+        ))
+    };
+    let node_by = format!("{ENVOY_NODE},envoy_cluster_name");
+    for (qn, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+        let r = cx
+            .instant(&format!(
+                "histogram_quantile({qn}, sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=~\"outbound\\\\|.*\"}}[{w}])))"
+            ))
+            .await?;
+        for s in r {
+            if !s.value.is_finite() {
+                continue;
+            }
+            let Some(k) = edge_key(&s.labels) else {
+                continue;
+            };
+            let lat = extras.latency.entry(k).or_default();
+            match name {
+                "p50" => lat.p50 = Some(s.value),
+                "p95" => lat.p95 = Some(s.value),
+                _ => lat.p99 = Some(s.value),
+            }
+        }
+    }
+    for (metric, which) in [
+        ("envoy_cluster_upstream_rq_pending_overflow", 0),
+        ("envoy_cluster_upstream_cx_overflow", 0),
+        ("envoy_cluster_upstream_rq_retry", 1),
+        ("envoy_cluster_upstream_rq_timeout", 2),
+    ] {
+        let r = cx
+            .instant(&format!(
+                "sum by ({node_by}) (increase({metric}{{envoy_cluster_name=~\"outbound\\\\|.*\"}}[{w}])) > 0"
+            ))
+            .await?;
+        for s in r {
+            let Some(k) = edge_key(&s.labels) else {
+                continue;
+            };
+            let f: &mut EdgeFlags = extras.flags.entry(k).or_default();
+            match which {
+                0 => f.circuit_breaker = true,
+                1 => f.retries = true,
+                _ => f.timeouts = true,
+            }
+        }
+    }
+    for metric in [
+        "envoy_http_fault_aborts_injected",
+        "envoy_http_fault_delays_injected",
+    ] {
+        let r = cx
+            .instant(&format!(
+                "sum by ({ENVOY_NODE}) (increase({metric}[{w}])) > 0"
+            ))
+            .await?;
+        for s in r {
+            extras
+                .fault_nodes
+                .insert(envoy_src(&s.labels).node(g, false).id);
+        }
+    }
+    let wq = w.clone();
+    Ok((
+        rows,
+        extras,
+        Box::new(move |s: &NodeRef, d: &NodeRef| envoy_queries(s, d, &wq)),
+    ))
+}
+
+/// A span service name to an identity: Istio proxies report
+/// `<app>.<namespace>`; the `namespace`/`version` dimensions say the rest.
+fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Ident {
+    if name == "user" && virtual_node {
+        return Ident {
+            unknown: true,
+            ..Default::default()
+        };
+    }
+    if virtual_node {
+        return Ident {
+            service: name.to_string(),
+            virtual_node: true,
+            ..Default::default()
+        };
+    }
+    let (app, ns) = match (ns.is_empty(), name.split_once('.')) {
+        (false, Some((a, rest))) if rest == ns || rest.starts_with(&format!("{ns}.")) => {
+            (a.to_string(), ns.to_string())
+        }
+        (false, _) => (name.to_string(), ns.to_string()),
+        (true, _) => (name.to_string(), String::new()),
+    };
+    let workload = if version.is_empty() {
+        app.clone()
+    } else {
+        format!("{app}-{version}")
+    };
+    Ident {
+        namespace: ns,
+        workload,
+        app: app.clone(),
+        version: version.to_string(),
+        service: app,
+        unknown: false,
+        virtual_node: false,
+    }
+}
+
+const SPAN_EDGE: &str =
+    "client,server,connection_type,client_namespace,server_namespace,client_version,server_version";
+
+fn span_idents(l: &Labels, traced: &HashSet<String>) -> (Ident, Ident) {
+    let c = get(l, "client");
+    let s = get(l, "server");
+    let conn = get(l, "connection_type");
+    let virt = |n: &str| !conn.is_empty() && !traced.contains(n);
+    (
+        span_ident(
+            &c,
+            &get(l, "client_namespace"),
+            &get(l, "client_version"),
+            virt(&c),
+        ),
+        span_ident(
+            &s,
+            &get(l, "server_namespace"),
+            &get(l, "server_version"),
+            virt(&s),
+        ),
+    )
+}
+
+fn span_queries(
+    src: &NodeRef,
+    dst: &NodeRef,
+    w: &str,
+    names: &dyn Fn(&NodeRef) -> Vec<String>,
+) -> BTreeMap<&'static str, String> {
+    let side = |n: &NodeRef, p: &str| -> Vec<String> {
+        let mut v = Vec::new();
+        let ns = names(n);
+        if ns.len() == 1 {
+            v.push(format!("{p}={}", q(&ns[0])));
+        } else if !ns.is_empty() {
+            v.push(format!(
+                "{p}=~{}",
+                q(&ns
+                    .iter()
+                    .map(|s| regex_escape(s).replace("\\\\", "\\"))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            ));
+        }
+        if n.node_type == "versioned_app"
+            || (n.node_type == "workload" && !n.ident.version.is_empty())
+        {
+            v.push(format!("{p}_version={}", q(&n.ident.version)));
+        }
+        v
+    };
+    let mut sel = side(src, "client");
+    sel.extend(side(dst, "server"));
+    let sel = sel.join(",");
+    let rate = format!("sum(rate(traces_service_graph_request_total{{{sel}}}[{w}]))");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "error_ratio",
+        format!("sum(rate(traces_service_graph_request_failed_total{{{sel}}}[{w}])) / {rate}"),
+    );
+    m.insert(
+        "error_ratio_4xx",
+        format!("sum(rate(meshlens_service_graph_responses_total{{{sel},response_code=~\"4..\"}}[{w}])) / {rate}"),
+    );
+    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
+        m.insert(
+            k,
+            format!("histogram_quantile({qn}, sum by (le) (rate(traces_service_graph_request_server_seconds_bucket{{{sel}}}[{w}]))) * 1000"),
+        );
+    }
+    m.insert(
+        "requests",
+        format!("sum(increase(traces_service_graph_request_total{{{sel}}}[{w}]))"),
+    );
+    m.insert(
+        "responses",
+        format!("sum by (response_code, response_flags) (rate(meshlens_service_graph_responses_total{{{sel}}}[{w}]))"),
+    );
+    m.insert("rate", rate);
+    m
+}
+
+/// The graph from the service-graph series derived from spans.
+pub async fn spans(
+    cx: &Ctx,
+    g: GraphType,
+) -> Result<(Vec<Row>, Extras, Box<super::Queries>), TopoError> {
+    let w = cx.w.clone();
+    let traced: HashSet<String> = cx
+        .instant(&format!(
+            "group by (service) (last_over_time(traces_spanmetrics_calls_total[{w}]))"
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|s| s.labels.get("service").map(str::to_string))
+        .collect();
+    let sel = "meshlens_service_graph_responses_total";
+    let by = format!("{SPAN_EDGE},response_code,response_flags");
+    let rates = cx
+        .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
+        .await?;
+    let recent = cx
+        .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
+        .await?;
+    let counts = cx.exact_increase(sel, &by).await?;
+    let mut rows = Vec::new();
+    for s in rates {
+        let (src, dst) = span_idents(&s.labels, &traced);
+        let code = get(&s.labels, "response_code");
+        rows.push(Row {
+            src,
+            dst,
+            protocol: if code.is_empty() {
+                String::new()
+            } else {
+                "http".into()
+            },
+            code,
+            flags: get(&s.labels, "response_flags"),
+            rate: s.value,
+            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
+            failed_rate: None,
+            recent_rate: recent
+                .as_ref()
+                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+        });
+    }
+    for s in cx
+        .instant(&format!(
+            "sum by ({SPAN_EDGE}) (rate(traces_service_graph_request_failed_total[{w}]))"
+        ))
+        .await?
+    {
+        let (src, dst) = span_idents(&s.labels, &traced);
+        rows.push(Row {
+            src,
+            dst,
+            failed_rate: Some(s.value),
+            ..Default::default()
+        });
+    }
+    let mut extras = Extras::default();
+    let group = match g {
+        GraphType::Workload | GraphType::VersionedApp => SPAN_EDGE.to_string(),
+        _ => "client,server,connection_type,client_namespace,server_namespace".to_string(),
+    };
+    for (qn, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
+        let r = cx
+            .instant(&format!(
+                "histogram_quantile({qn}, sum by ({group},le) (rate(traces_service_graph_request_server_seconds_bucket[{w}]))) * 1000"
+            ))
+            .await?;
+        for s in r {
+            if !s.value.is_finite() {
+                continue;
+            }
+            let (a, b) = span_idents(&s.labels, &traced);
+            let lat = extras
+                .latency
+                .entry((a.node(g, true).id, b.node(g, false).id))
+                .or_default();
+            match name {
+                "p50" => lat.p50 = Some(s.value),
+                "p95" => lat.p95 = Some(s.value),
+                _ => lat.p99 = Some(s.value),
+            }
+        }
+    }
+    // Span service names per node, for the queries.
+    let mut names: HashMap<String, Vec<String>> = HashMap::new();
+    for s in cx
+        .instant(&format!(
+            "group by ({SPAN_EDGE}) (last_over_time(traces_service_graph_request_total[{w}]))"
+        ))
+        .await?
+    {
+        let (a, b) = span_idents(&s.labels, &traced);
+        for (id, n) in [
+            (a.node(g, true).id, get(&s.labels, "client")),
+            (b.node(g, false).id, get(&s.labels, "server")),
+        ] {
+            let e = names.entry(id).or_default();
+            if !e.contains(&n) {
+                e.push(n);
+            }
+        }
+    }
+    let wq = w.clone();
+    Ok((
+        rows,
+        extras,
+        Box::new(move |s: &NodeRef, d: &NodeRef| {
+            let f = |n: &NodeRef| names.get(&n.id).cloned().unwrap_or_default();
+            span_queries(s, d, &wq, &f)
+        }),
+    ))
+}
+
+/// A matcher list from PromQL selector text; used by exact counting.
+pub fn selector(sel: &str) -> Result<Vec<Vec<Matcher>>, TopoError> {
+    crate::prom::params::parse_selector(sel).map_err(|e| TopoError::Internal(e.message))
+}
