@@ -99,8 +99,9 @@ PROPAGATE = [
     "end-user",
 ]
 
-# Istio's bootstrap stats tags (tools/packaging/common/envoy_bootstrap.json),
-# without the istio-proxy-only ones that never match plain Envoy stats.
+# Istio's bootstrap stats tags (tools/packaging/common/envoy_bootstrap.json in
+# istio/istio, verbatim but for the templated extraStatTags), used with
+# use_all_default_tags: false as Istio does.
 ISTIO_STATS_TAGS = [
     {"tag_name": "cluster_name", "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"},
     {"tag_name": "tcp_prefix", "regex": r"^tcp\.((.*?)\.)\w+?$"},
@@ -118,9 +119,14 @@ ISTIO_STATS_TAGS = [
         "tag_name": "listener_address",
         "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
     },
+    {"tag_name": "mongo_prefix", "regex": r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"},
     {"tag_name": "cache", "regex": r"(cache\.(.+?)\.)"},
     {"tag_name": "component", "regex": r"(component\.(.+?)\.)"},
     {"tag_name": "tag", "regex": r"(tag\.(.+?);\.)"},
+    {"tag_name": "wasm_filter", "regex": r"(wasm_filter\.(.+?)\.)"},
+    {"tag_name": "authz_enforce_result", "regex": r"rbac(\.(allowed|denied))"},
+    {"tag_name": "authz_dry_run_action", "regex": r"(\.istio_dry_run_(allow|deny)_)"},
+    {"tag_name": "authz_dry_run_result", "regex": r"(\.shadow_(allowed|denied))"},
 ]
 
 # Istio's default access log format (meshConfig accessLogFile, TEXT).

@@ -95,6 +95,12 @@ impl Ident {
     /// the service graph: a caller is shown as its app's service.
     pub fn node(&self, g: GraphType, source_side: bool) -> NodeRef {
         let ns = self.namespace.as_str();
+        // Ids read `<namespace>/<kind>/<name>`; without a namespace `<kind>/<name>`.
+        let pre = if ns.is_empty() {
+            String::new()
+        } else {
+            format!("{ns}/")
+        };
         let mk = |id: String, name: &str, t: &'static str, ident: Ident| NodeRef {
             id,
             name: name.to_string(),
@@ -129,7 +135,7 @@ impl Ident {
         }
         let service_node = |svc: &str| {
             mk(
-                format!("{ns}/service/{svc}"),
+                format!("{pre}service/{svc}"),
                 svc,
                 "service",
                 Ident {
@@ -141,8 +147,8 @@ impl Ident {
         };
         let app_node = |app: &str, version: Option<&str>| {
             let id = match version {
-                Some(v) => format!("{ns}/app/{app}/{v}"),
-                None => format!("{ns}/app/{app}"),
+                Some(v) => format!("{pre}app/{app}/{v}"),
+                None => format!("{pre}app/{app}"),
             };
             let t = if version.is_some() {
                 "versioned_app"
@@ -163,7 +169,7 @@ impl Ident {
         };
         let workload_node = |w: &str| {
             mk(
-                format!("{ns}/workload/{w}"),
+                format!("{pre}workload/{w}"),
                 w,
                 "workload",
                 Ident {
@@ -249,6 +255,21 @@ pub struct Row {
     pub failed_rate: Option<f64>,
     /// Rate over the last minute, to tell idle edges.
     pub recent_rate: Option<f64>,
+    /// Counts toward the edge's rate and requests.
+    pub traffic: bool,
+    /// Counts toward the response-code breakdown (codes, flags, 4xx/5xx).
+    pub breakdown: bool,
+}
+
+impl Row {
+    /// A row that is both traffic and breakdown (mesh metrics).
+    pub fn full() -> Row {
+        Row {
+            traffic: true,
+            breakdown: true,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -439,27 +460,30 @@ pub fn build(
         if !r.protocol.is_empty() {
             a.protocol.insert(r.protocol.clone());
         }
-        a.rate += r.rate;
-        a.requests += r.requests;
+        if let Some(f) = r.failed_rate {
+            *a.failed.get_or_insert(0.0) += f;
+        }
+        if r.traffic {
+            a.rate += r.rate;
+            a.requests += r.requests;
+            if let Some(x) = r.recent_rate {
+                *a.recent.get_or_insert(0.0) += x;
+            }
+        }
+        if !r.breakdown {
+            continue;
+        }
         if r.code.starts_with('5') {
             a.r5 += r.rate;
         } else if r.code.starts_with('4') {
             a.r4 += r.rate;
         }
-        if let Some(f) = r.failed_rate {
-            *a.failed.get_or_insert(0.0) += f;
-        }
-        if let Some(x) = r.recent_rate {
-            *a.recent.get_or_insert(0.0) += x;
-        }
-        if r.failed_rate.is_none() {
-            let e = a
-                .responses
-                .entry((r.code.clone(), r.flags.clone()))
-                .or_insert((0.0, 0.0));
-            e.0 += r.rate;
-            e.1 += r.requests;
-        }
+        let e = a
+            .responses
+            .entry((r.code.clone(), r.flags.clone()))
+            .or_insert((0.0, 0.0));
+        e.0 += r.rate;
+        e.1 += r.requests;
         for f in r.flags.split(',').map(str::trim) {
             match f {
                 "UO" => a.flags.circuit_breaker = true,

@@ -203,8 +203,8 @@ pub async fn istio(
                 flags: get(&key, "response_flags"),
                 rate: s.value,
                 requests: counts.get(&key).copied().unwrap_or(0.0),
-                failed_rate: None,
                 recent_rate: recent.as_ref().map(|r| r.get(&key).copied().unwrap_or(0.0)),
+                ..Row::full()
             });
         }
     }
@@ -436,10 +436,10 @@ pub async fn envoy(
             flags: String::new(),
             rate: s.value,
             requests: counts.get(&s.labels).copied().unwrap_or(0.0),
-            failed_rate: None,
             recent_rate: recent
                 .as_ref()
                 .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+            ..Row::full()
         });
     }
     let mut extras = Extras::default();
@@ -653,17 +653,38 @@ pub async fn spans(
         .into_iter()
         .filter_map(|s| s.labels.get("service").map(str::to_string))
         .collect();
-    let sel = "meshlens_service_graph_responses_total";
-    let by = format!("{SPAN_EDGE},response_code,response_flags");
+    // Traffic from Tempo's series (what the edge queries read)...
+    let total = "traces_service_graph_request_total";
     let rates = cx
-        .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
+        .instant(&format!("sum by ({SPAN_EDGE}) (rate({total}[{w}]))"))
         .await?;
     let recent = cx
-        .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
+        .recent(&format!("sum by ({SPAN_EDGE}) (rate({total}[1m]))"))
         .await?;
-    let counts = cx.exact_increase(sel, &by).await?;
+    let counts = cx.exact_increase(total, SPAN_EDGE).await?;
     let mut rows = Vec::new();
     for s in rates {
+        let (src, dst) = span_idents(&s.labels, &traced);
+        rows.push(Row {
+            src,
+            dst,
+            rate: s.value,
+            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
+            recent_rate: recent
+                .as_ref()
+                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+            traffic: true,
+            ..Default::default()
+        });
+    }
+    // ...the breakdown by response code and flags from meshlens's own...
+    let resp = "meshlens_service_graph_responses_total";
+    let by = format!("{SPAN_EDGE},response_code,response_flags");
+    let counts = cx.exact_increase(resp, &by).await?;
+    for s in cx
+        .instant(&format!("sum by ({by}) (rate({resp}[{w}]))"))
+        .await?
+    {
         let (src, dst) = span_idents(&s.labels, &traced);
         let code = get(&s.labels, "response_code");
         rows.push(Row {
@@ -678,12 +699,11 @@ pub async fn spans(
             flags: get(&s.labels, "response_flags"),
             rate: s.value,
             requests: counts.get(&s.labels).copied().unwrap_or(0.0),
-            failed_rate: None,
-            recent_rate: recent
-                .as_ref()
-                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+            breakdown: true,
+            ..Default::default()
         });
     }
+    // ...and failures (error status or tag, 5xx) from Tempo's failed series.
     for s in cx
         .instant(&format!(
             "sum by ({SPAN_EDGE}) (rate(traces_service_graph_request_failed_total[{w}]))"
