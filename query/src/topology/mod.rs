@@ -95,30 +95,58 @@ impl Ctx {
         }
     }
 
-    /// The query's values by labels over the last minute, when the window
-    /// is longer than 90 s (to tell edges idle now); else `None`.
-    pub async fn recent(&self, q: &str) -> Result<Option<HashMap<Labels, f64>>, TopoError> {
-        if self.end_ms - self.start_ms <= 90_000 {
-            return Ok(None);
-        }
-        Ok(Some(
-            self.instant(q)
-                .await?
-                .into_iter()
-                .map(|s| (s.labels, s.value))
-                .collect(),
-        ))
+    /// Counter increases by the `by` labels: in the window (as a count and
+    /// a per-second rate over the window) and in its last minute (`None`
+    /// when the window is 90 s or shorter), from the stored samples.
+    pub async fn counted(&self, sel: &str, by: &str) -> Result<Vec<Counted>, TopoError> {
+        let all = self
+            .exact_increase_in(sel, by, self.start_ms, self.end_ms)
+            .await?;
+        let recent = if self.end_ms - self.start_ms > 90_000 {
+            Some(
+                self.exact_increase_in(sel, by, self.end_ms - 60_000, self.end_ms)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let secs = (self.end_ms - self.start_ms) as f64 / 1000.0;
+        let mut out: Vec<Counted> = all
+            .into_iter()
+            .map(|(labels, n)| Counted {
+                recent_rate: recent
+                    .as_ref()
+                    .map(|r| r.get(&labels).copied().unwrap_or(0.0) / 60.0),
+                rate: n / secs,
+                requests: n,
+                labels,
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 
-    /// Counter increase in the window from the stored samples, not
-    /// extrapolated: per series the sum of its increases between samples
-    /// (a drop is a reset: the new value counts), from its last sample at
-    /// or before the window's start, or from 0 when the series begins
-    /// inside the window. Summed by the `by` labels (comma-separated).
+    /// [`Ctx::exact_increase_in`] over the whole window.
     pub async fn exact_increase(
         &self,
         sel: &str,
         by: &str,
+    ) -> Result<HashMap<Labels, f64>, TopoError> {
+        self.exact_increase_in(sel, by, self.start_ms, self.end_ms)
+            .await
+    }
+
+    /// Counter increase in a window from the stored samples, not
+    /// extrapolated: per series the sum of its increases between samples
+    /// (a drop is a reset: the new value counts), from its last sample at
+    /// or before the window's start, or from 0 when the series begins
+    /// inside the window. Summed by the `by` labels (comma-separated).
+    pub async fn exact_increase_in(
+        &self,
+        sel: &str,
+        by: &str,
+        start_ms: i64,
+        end_ms: i64,
     ) -> Result<HashMap<Labels, f64>, TopoError> {
         let sets = sources::selector(sel)?;
         let by: Vec<&str> = by.split(',').map(str::trim).collect();
@@ -129,7 +157,7 @@ impl Ctx {
                 .st
                 .storage
                 .samples()
-                .select(&set, self.start_ms - lookback, self.end_ms)
+                .select(&set, start_ms - lookback, end_ms)
                 .await
                 .map_err(|e| TopoError::Internal(e.to_string()))?;
             for s in data {
@@ -139,7 +167,7 @@ impl Ctx {
                     if meshlens_storage::samples::is_stale_nan(*v) || v.is_nan() {
                         continue;
                     }
-                    if *t <= self.start_ms {
+                    if *t <= start_ms {
                         prev = Some(*v);
                         continue;
                     }
@@ -154,6 +182,16 @@ impl Ctx {
         }
         Ok(out)
     }
+}
+
+/// Counter increase of one label group.
+pub struct Counted {
+    pub labels: Labels,
+    pub requests: f64,
+    /// `requests` per second of the window.
+    pub rate: f64,
+    /// Per second over the window's last minute.
+    pub recent_rate: Option<f64>,
 }
 
 /// Where the window is: `start`/`end` (RFC 3339 or Unix seconds) or a

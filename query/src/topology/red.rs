@@ -203,6 +203,8 @@ struct RedSpec {
     counter: &'static str,
     bucket: &'static str,
     sel: String,
+    /// The selector for the histogram (Envoy's has no response code).
+    bucket_sel: Option<String>,
     error: &'static str,
     version_label: &'static str,
     scale: &'static str,
@@ -219,7 +221,13 @@ fn re_escape(s: &str) -> String {
     o
 }
 
-fn spec(source: &str, name: &str, inbound: bool) -> Option<RedSpec> {
+fn spec(
+    source: &str,
+    name: &str,
+    inbound: bool,
+    tags: super::sources::EnvoyTags,
+) -> Option<RedSpec> {
+    let super::sources::EnvoyTags { cluster: cl, code } = tags;
     let n = format!("{name:?}");
     Some(match source {
         "istio" => RedSpec {
@@ -231,6 +239,7 @@ fn spec(source: &str, name: &str, inbound: bool) -> Option<RedSpec> {
             } else {
                 format!("reporter=\"source\",source_canonical_service={n}")
             },
+            bucket_sel: None,
             error: "response_code=~\"5..\"",
             version_label: if inbound {
                 "destination_canonical_revision"
@@ -244,11 +253,20 @@ fn spec(source: &str, name: &str, inbound: bool) -> Option<RedSpec> {
             counter: "envoy_cluster_upstream_rq",
             bucket: "envoy_cluster_upstream_rq_time_bucket",
             sel: if inbound {
-                format!("app={n},envoy_cluster_name=~\"inbound\\\\|.*\"")
+                format!("app={n},{cl}=~\"inbound\\\\|.*\",{code}!=\"\"")
             } else {
-                format!("app={n},envoy_cluster_name=~\"outbound\\\\|.*\"")
+                format!("app={n},{cl}=~\"outbound\\\\|.*\",{code}!=\"\"")
             },
-            error: "envoy_response_code=~\"5..\"",
+            bucket_sel: Some(if inbound {
+                format!("app={n},{cl}=~\"inbound\\\\|.*\"")
+            } else {
+                format!("app={n},{cl}=~\"outbound\\\\|.*\"")
+            }),
+            error: if code == "response_code" {
+                "response_code=~\"5..\""
+            } else {
+                "envoy_response_code=~\"5..\""
+            },
             version_label: "version",
             scale: "",
         },
@@ -265,6 +283,7 @@ fn spec(source: &str, name: &str, inbound: bool) -> Option<RedSpec> {
                     "SPAN_KIND_CLIENT"
                 }
             ),
+            bucket_sel: None,
             error: "status_code=\"STATUS_CODE_ERROR\"",
             version_label: "version",
             scale: " * 1000",
@@ -348,7 +367,8 @@ async fn red(
             )));
         }
     };
-    let Some(sp) = spec(kind, &name, inbound) else {
+    let tags = super::sources::envoy_tags(&cx).await?;
+    let Some(sp) = spec(kind, &name, inbound, tags) else {
         return Err(TopoError::Internal(format!("no RED spec for {kind}")));
     };
     let rate_window_ms = (step + 15_000).max(60_000);
@@ -364,6 +384,7 @@ async fn red(
         " by (le)".to_string()
     };
     let (c, b, sel) = (sp.counter, sp.bucket, &sp.sel);
+    let bsel = sp.bucket_sel.as_ref().unwrap_or(sel);
     let rate = format!("sum{by} (rate({c}{{{sel}}}[{rw}]))");
     let mut queries: BTreeMap<&str, String> = BTreeMap::new();
     queries.insert(
@@ -374,7 +395,7 @@ async fn red(
         queries.insert(
             k,
             format!(
-                "histogram_quantile({q}, sum{by_le} (rate({b}{{{sel}}}[{rw}]))){}",
+                "histogram_quantile({q}, sum{by_le} (rate({b}{{{bsel}}}[{rw}]))){}",
                 sp.scale
             ),
         );

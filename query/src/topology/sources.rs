@@ -185,25 +185,18 @@ pub async fn istio(
     let mut rows = Vec::new();
     let by = format!("{group},request_protocol,response_code,response_flags");
     for sel in sels {
-        let rates = cx
-            .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
-            .await?;
-        let recent = cx
-            .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
-            .await?;
-        let counts = cx.exact_increase(sel, &by).await?;
-        for s in rates {
-            let (src, dst) = istio_idents(&s.labels);
-            let key = s.labels.clone();
+        for c in cx.counted(sel, &by).await? {
+            let (src, dst) = istio_idents(&c.labels);
+            let key = &c.labels;
             rows.push(Row {
                 src,
                 dst,
-                protocol: get(&key, "request_protocol"),
-                code: get(&key, "response_code"),
-                flags: get(&key, "response_flags"),
-                rate: s.value,
-                requests: counts.get(&key).copied().unwrap_or(0.0),
-                recent_rate: recent.as_ref().map(|r| r.get(&key).copied().unwrap_or(0.0)),
+                protocol: get(key, "request_protocol"),
+                code: get(key, "response_code"),
+                flags: get(key, "response_flags"),
+                rate: c.rate,
+                requests: c.requests,
+                recent_rate: c.recent_rate,
                 ..Row::full()
             });
         }
@@ -322,7 +315,8 @@ fn envoy_src(l: &Labels) -> Ident {
 }
 
 fn envoy_dst(l: &Labels) -> Option<Ident> {
-    let (svc, ns, subset) = parse_istio_cluster(l.get("envoy_cluster_name")?)?;
+    let cluster = l.get("cluster_name").or(l.get("envoy_cluster_name"))?;
+    let (svc, ns, subset) = parse_istio_cluster(cluster)?;
     Some(Ident {
         namespace: ns,
         app: svc.clone(),
@@ -332,7 +326,38 @@ fn envoy_dst(l: &Labels) -> Option<Ident> {
     })
 }
 
-fn envoy_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str, String> {
+/// Envoy's stat tag names: Istio's bootstrap names them `cluster_name` and
+/// `response_code`; a plain Envoy `envoy_cluster_name`, `envoy_response_code`.
+#[derive(Clone, Copy)]
+pub struct EnvoyTags {
+    pub cluster: &'static str,
+    pub code: &'static str,
+}
+
+/// Which tag names the scraped Envoys use.
+pub async fn envoy_tags(cx: &Ctx) -> Result<EnvoyTags, TopoError> {
+    Ok(
+        if has_data(cx, r#"envoy_cluster_upstream_rq_total{cluster_name!=""}"#).await? {
+            EnvoyTags {
+                cluster: "cluster_name",
+                code: "response_code",
+            }
+        } else {
+            EnvoyTags {
+                cluster: "envoy_cluster_name",
+                code: "envoy_response_code",
+            }
+        },
+    )
+}
+
+fn envoy_queries(
+    src: &NodeRef,
+    dst: &NodeRef,
+    w: &str,
+    tags: EnvoyTags,
+) -> BTreeMap<&'static str, String> {
+    let EnvoyTags { cluster: cl, code } = tags;
     let mut sel = Vec::new();
     let i = &src.ident;
     match src.node_type {
@@ -363,23 +388,25 @@ fn envoy_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
         "[^|]*".into()
     };
     sel.push(format!(
-        "envoy_cluster_name=~\"outbound\\\\|[^|]*\\\\|{subset}\\\\|{host}(\\\\..*)?\""
+        "{cl}=~\"outbound\\\\|[^|]*\\\\|{subset}\\\\|{host}(\\\\..*)?\""
     ));
     let sel = sel.join(",");
+    let hsel = sel.clone();
+    let sel = format!("{sel},{code}!=\"\"");
     let rate = format!("sum(rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))");
     let mut m = BTreeMap::new();
     m.insert(
         "error_ratio",
-        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},envoy_response_code=~\"5..\"}}[{w}])) / {rate}"),
+        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},{code}=~\"5..\"}}[{w}])) / {rate}"),
     );
     m.insert(
         "error_ratio_4xx",
-        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},envoy_response_code=~\"4..\"}}[{w}])) / {rate}"),
+        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},{code}=~\"4..\"}}[{w}])) / {rate}"),
     );
     for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
         m.insert(
             k,
-            format!("histogram_quantile({qn}, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{{{sel}}}[{w}])))"),
+            format!("histogram_quantile({qn}, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{{{hsel}}}[{w}])))"),
         );
     }
     m.insert(
@@ -388,7 +415,7 @@ fn envoy_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
     );
     m.insert(
         "responses",
-        format!("sum by (envoy_response_code) (rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
+        format!("sum by ({code}) (rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
     );
     m.insert("rate", rate);
     m
@@ -414,31 +441,24 @@ pub async fn envoy(
     g: GraphType,
 ) -> Result<(Vec<Row>, Extras, Box<super::Queries>), TopoError> {
     let w = cx.w.clone();
-    let sel = r#"envoy_cluster_upstream_rq{envoy_cluster_name=~"outbound\\|.*"}"#;
-    let by = format!("{ENVOY_NODE},envoy_cluster_name,envoy_response_code");
-    let rates = cx
-        .instant(&format!("sum by ({by}) (rate({sel}[{w}]))"))
-        .await?;
-    let recent = cx
-        .recent(&format!("sum by ({by}) (rate({sel}[1m]))"))
-        .await?;
-    let counts = cx.exact_increase(sel, &by).await?;
+    let tags = envoy_tags(cx).await?;
+    let EnvoyTags { cluster: cl, code } = tags;
+    let sel = format!(r#"envoy_cluster_upstream_rq{{{cl}=~"outbound\\|.*",{code}!=""}}"#);
+    let by = format!("{ENVOY_NODE},{cl},{code}");
     let mut rows = Vec::new();
-    for s in rates {
-        let Some(dst) = envoy_dst(&s.labels) else {
+    for c in cx.counted(&sel, &by).await? {
+        let Some(dst) = envoy_dst(&c.labels) else {
             continue;
         };
         rows.push(Row {
-            src: envoy_src(&s.labels),
+            src: envoy_src(&c.labels),
             dst,
             protocol: "http".into(),
-            code: get(&s.labels, "envoy_response_code"),
+            code: get(&c.labels, code),
             flags: String::new(),
-            rate: s.value,
-            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
-            recent_rate: recent
-                .as_ref()
-                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+            rate: c.rate,
+            requests: c.requests,
+            recent_rate: c.recent_rate,
             ..Row::full()
         });
     }
@@ -449,11 +469,11 @@ pub async fn envoy(
             envoy_dst(l)?.node(g, false).id,
         ))
     };
-    let node_by = format!("{ENVOY_NODE},envoy_cluster_name");
+    let node_by = format!("{ENVOY_NODE},{cl}");
     for (qn, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
         let r = cx
             .instant(&format!(
-                "histogram_quantile({qn}, sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=~\"outbound\\\\|.*\"}}[{w}])))"
+                "histogram_quantile({qn}, sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{{cl}=~\"outbound\\\\|.*\"}}[{w}])))"
             ))
             .await?;
         for s in r {
@@ -479,7 +499,7 @@ pub async fn envoy(
     ] {
         let r = cx
             .instant(&format!(
-                "sum by ({node_by}) (increase({metric}{{envoy_cluster_name=~\"outbound\\\\|.*\"}}[{w}])) > 0"
+                "sum by ({node_by}) (increase({metric}{{{cl}=~\"outbound\\\\|.*\"}}[{w}])) > 0"
             ))
             .await?;
         for s in r {
@@ -494,13 +514,12 @@ pub async fn envoy(
             }
         }
     }
-    for metric in [
-        "envoy_http_fault_aborts_injected",
-        "envoy_http_fault_delays_injected",
-    ] {
+    // The HTTP connection manager's stat prefix is a label for a plain
+    // Envoy and part of the metric name under Istio's stats tags.
+    for metric in ["fault_aborts_injected", "fault_delays_injected"] {
         let r = cx
             .instant(&format!(
-                "sum by ({ENVOY_NODE}) (increase({metric}[{w}])) > 0"
+                "sum by ({ENVOY_NODE}) (increase({{__name__=~\"envoy_http_(.*_)?{metric}\"}}[{w}])) > 0"
             ))
             .await?;
         for s in r {
@@ -513,7 +532,7 @@ pub async fn envoy(
     Ok((
         rows,
         extras,
-        Box::new(move |s: &NodeRef, d: &NodeRef| envoy_queries(s, d, &wq)),
+        Box::new(move |s: &NodeRef, d: &NodeRef| envoy_queries(s, d, &wq, tags)),
     ))
 }
 
@@ -655,24 +674,15 @@ pub async fn spans(
         .collect();
     // Traffic from Tempo's series (what the edge queries read)...
     let total = "traces_service_graph_request_total";
-    let rates = cx
-        .instant(&format!("sum by ({SPAN_EDGE}) (rate({total}[{w}]))"))
-        .await?;
-    let recent = cx
-        .recent(&format!("sum by ({SPAN_EDGE}) (rate({total}[1m]))"))
-        .await?;
-    let counts = cx.exact_increase(total, SPAN_EDGE).await?;
     let mut rows = Vec::new();
-    for s in rates {
-        let (src, dst) = span_idents(&s.labels, &traced);
+    for c in cx.counted(total, SPAN_EDGE).await? {
+        let (src, dst) = span_idents(&c.labels, &traced);
         rows.push(Row {
             src,
             dst,
-            rate: s.value,
-            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
-            recent_rate: recent
-                .as_ref()
-                .map(|r| r.get(&s.labels).copied().unwrap_or(0.0)),
+            rate: c.rate,
+            requests: c.requests,
+            recent_rate: c.recent_rate,
             traffic: true,
             ..Default::default()
         });
@@ -680,13 +690,9 @@ pub async fn spans(
     // ...the breakdown by response code and flags from meshlens's own...
     let resp = "meshlens_service_graph_responses_total";
     let by = format!("{SPAN_EDGE},response_code,response_flags");
-    let counts = cx.exact_increase(resp, &by).await?;
-    for s in cx
-        .instant(&format!("sum by ({by}) (rate({resp}[{w}]))"))
-        .await?
-    {
-        let (src, dst) = span_idents(&s.labels, &traced);
-        let code = get(&s.labels, "response_code");
+    for c in cx.counted(resp, &by).await? {
+        let (src, dst) = span_idents(&c.labels, &traced);
+        let code = get(&c.labels, "response_code");
         rows.push(Row {
             src,
             dst,
@@ -696,25 +702,23 @@ pub async fn spans(
                 "http".into()
             },
             code,
-            flags: get(&s.labels, "response_flags"),
-            rate: s.value,
-            requests: counts.get(&s.labels).copied().unwrap_or(0.0),
+            flags: get(&c.labels, "response_flags"),
+            rate: c.rate,
+            requests: c.requests,
             breakdown: true,
             ..Default::default()
         });
     }
     // ...and failures (error status or tag, 5xx) from Tempo's failed series.
-    for s in cx
-        .instant(&format!(
-            "sum by ({SPAN_EDGE}) (rate(traces_service_graph_request_failed_total[{w}]))"
-        ))
+    for c in cx
+        .counted("traces_service_graph_request_failed_total", SPAN_EDGE)
         .await?
     {
-        let (src, dst) = span_idents(&s.labels, &traced);
+        let (src, dst) = span_idents(&c.labels, &traced);
         rows.push(Row {
             src,
             dst,
-            failed_rate: Some(s.value),
+            failed_rate: Some(c.rate),
             ..Default::default()
         });
     }
