@@ -222,6 +222,10 @@ async fn bookinfo_of_real_envoys_gives_the_expected_topology() {
         }
     }
 
+    // The exact recompute from the stored spans gives the same graph.
+    let (edges, _) = topology(&srv, "source=spans&exact=true&graph=app&window=10m").await;
+    assert_eq!(edges, want, "exact recompute");
+
     // Versions from spans: round robin gave each reviews version 12 requests.
     let (edges, _) = topology(&srv, "source=spans&graph=versioned_app&window=10m").await;
     for v in ["v1", "v2", "v3"] {

@@ -487,6 +487,64 @@ async fn spans_become_service_graph_series_topology_and_red() {
             "{q}: {got} vs {want}"
         );
     }
+    // The exact recompute from the stored spans agrees with the derived series.
+    let ex = get_json(
+        &srv,
+        "/api/topology?source=spans&exact=true&graph=app&window=10m",
+    )
+    .await;
+    assert_eq!(ex["exact"], true);
+    let exact_edges: BTreeMap<String, (f64, f64, bool)> = ex["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                (
+                    e["requests"].as_f64().unwrap(),
+                    e["error_ratio"].as_f64().unwrap(),
+                    e["flags"]["fault_injection"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert!(
+        close(&exact_edges),
+        "exact recompute\n got {exact_edges:#?}\nwant {want:#?}"
+    );
+    // Exact per-version counts too.
+    let exv = get_json(
+        &srv,
+        "/api/topology?source=spans&exact=true&graph=versioned_app&window=10m",
+    )
+    .await;
+    let derv = get_json(
+        &srv,
+        "/api/topology?source=spans&graph=versioned_app&window=10m",
+    )
+    .await;
+    let counts = |t: &Value| -> BTreeMap<String, f64> {
+        t["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap().to_string(),
+                    e["requests"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(counts(&exv), counts(&derv), "exact vs derived, versioned");
+    let r = c
+        .get(srv.url("/api/topology?source=mesh&exact=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
     // The ratings node carries the fault-injection badge and is failing or degraded.
     let ratings = t["nodes"]
         .as_array()

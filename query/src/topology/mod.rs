@@ -3,6 +3,7 @@
 //! from the service-graph series derived from spans. See docs/API.md
 //! ("Topology") for the parameters and the answer.
 
+pub mod exact;
 pub mod model;
 pub mod nodegraph;
 pub mod red;
@@ -275,9 +276,9 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         }
     };
     let exact = matches!(p.get("exact").map(String::as_str), Some("true" | "1"));
-    if exact {
+    if exact && source != "spans" {
         return Err(TopoError::BadRequest(
-            "exact=true (recompute from stored spans) is not available yet; use the derived series (omit exact)".into(),
+            "exact=true recomputes from stored spans: use it with source=spans".into(),
         ));
     }
     let th = thresholds(p)?;
@@ -314,7 +315,10 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         }
     }
     let mut span_graph = None;
-    if source != "mesh" {
+    if exact {
+        let (rows, extras, queries) = exact::rows(&cx, graph).await?;
+        span_graph = Some(model::build(&rows, graph, "spans", &extras, &*queries, &th));
+    } else if source != "mesh" {
         if sources::has_data(&cx, "traces_service_graph_request_total").await? {
             let (rows, extras, queries) = sources::spans(&cx, graph).await?;
             span_graph = Some(model::build(&rows, graph, "spans", &extras, &*queries, &th));
@@ -350,6 +354,19 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         window_seconds: (end - start) as f64 / 1000.0,
         mesh_metrics,
         exact,
+        exact_plan: match exact {
+            true => Some(
+                exact::plan(
+                    &cx.st.storage.session(),
+                    start * 1_000_000,
+                    end * 1_000_000 + 999_999,
+                )
+                .await
+                .map(|df| format!("{}", df.logical_plan().display_indent()))
+                .map_err(|e| TopoError::Internal(e.to_string()))?,
+            ),
+            false => None,
+        },
         nodes,
         edges,
         warnings,

@@ -538,7 +538,7 @@ pub async fn envoy(
 
 /// A span service name to an identity: Istio proxies report
 /// `<app>.<namespace>`; the `namespace`/`version` dimensions say the rest.
-fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Ident {
+pub fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Ident {
     if name == "user" && virtual_node {
         return Ident {
             unknown: true,
