@@ -13,6 +13,7 @@ mod metrics_gen;
 mod otlp;
 mod promql;
 mod spangen;
+mod topology;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -63,6 +64,10 @@ enum Cmd {
         batch: usize,
         #[arg(long)]
         dir: PathBuf,
+        /// Also derive span metrics and service-graph edges from every
+        /// stored batch (what `meshlens serve` does), series written every 15 s.
+        #[arg(long)]
+        derive: bool,
     },
     /// Stores N Envoy-like spans in one hour, then measures disk use, trace-by-id and search.
     Lookup {
@@ -72,6 +77,29 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 1000)]
         queries: usize,
+    },
+    /// The exact service-graph recompute (`/api/topology?source=spans&exact=true`)
+    /// over every span stored in DIR (e.g. the data set `lookup` leaves):
+    /// median wall time of `runs` runs; writes DIR/topology-files.txt for
+    /// `duckdb_topology.py`.
+    TopologyExact {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// `GET /api/topology` latency over one hour of an N-service mesh at R
+    /// requests/s (Istio metrics and span-derived series built in simulated
+    /// time into a fresh store in DIR), per source; median of `runs`.
+    TopologyMesh {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        #[arg(long, default_value_t = 2000.0)]
+        rps: f64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Posts Zipkin JSON to a running meshlens for a while.
     Send {
@@ -176,9 +204,18 @@ async fn ingest(
     concurrency: usize,
     batch: usize,
     dir: PathBuf,
+    derive: bool,
 ) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let storage = Storage::open(StorageConfig::new(&dir), Telemetry::new()).await?;
+    let deriver = derive.then(|| {
+        let d = meshlens_ingest::derive::Deriver::new(
+            Default::default(),
+            Some(storage.telemetry().clone()),
+        );
+        d.spawn(storage.samples().clone());
+        d
+    });
     let mut rng = spangen::Rng::new(42);
     let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..64)
@@ -201,12 +238,13 @@ async fn ingest(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let (storage, payloads, count, stop, format) = (
+        let (storage, payloads, count, stop, format, deriver) = (
             storage.clone(),
             payloads.clone(),
             count.clone(),
             stop.clone(),
             format.clone(),
+            deriver.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut i = w;
@@ -219,7 +257,10 @@ async fn ingest(
                 };
                 let spans = spans.expect("decode");
                 let n = spans.len() as u64;
-                storage.append_spans(spans).await.expect("append");
+                storage.append_span_slice(&spans).await.expect("append");
+                if let Some(d) = &deriver {
+                    d.observe(&spans);
+                }
                 count.fetch_add(n, Ordering::Relaxed);
             }
         }));
@@ -232,7 +273,8 @@ async fn ingest(
     let elapsed = started.elapsed().as_secs_f64();
     let rate = count.load(Ordering::Relaxed) as f64 / elapsed;
     println!(
-        "ingest: {:.0} spans/s acknowledged after WAL fsync ({} spans in {elapsed:.1}s)",
+        "ingest{}: {:.0} spans/s acknowledged after WAL fsync ({} spans in {elapsed:.1}s)",
+        if derive { " + derive" } else { "" },
         rate,
         count.load(Ordering::Relaxed)
     );
@@ -267,6 +309,60 @@ async fn ingest(
     println!(
         "baseline ({what}): {base:.0} spans/s; ratio ingest/baseline = {:.2}",
         rate / base
+    );
+    storage.shutdown().await?;
+    Ok(())
+}
+
+async fn topology_exact(dir: PathBuf, runs: usize) -> anyhow::Result<()> {
+    let mut cfg = StorageConfig::new(&dir);
+    cfg.maintenance_interval = Duration::from_secs(24 * 3600);
+    cfg.flush_age = Duration::from_secs(24 * 3600);
+    let storage = Storage::open(cfg, Telemetry::new()).await?;
+    let snap = storage.snapshot();
+    let files = snap.files.clone();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no span files in {}: run `lookup` first",
+        dir.display()
+    );
+    let start = files.iter().map(|f| f.min_time).min().unwrap_or(0);
+    let end = files.iter().map(|f| f.max_time).max().unwrap_or(0);
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let list: Vec<String> = files
+        .iter()
+        .map(|f| dir.join(&f.path).display().to_string())
+        .collect();
+    std::fs::write(
+        dir.join("topology-files.txt"),
+        format!("{start} {end}\n{}\n", list.join("\n")),
+    )?;
+    let mut times = Vec::new();
+    let mut summary = String::new();
+    for run in 0..=runs {
+        let t = Instant::now();
+        let edges = meshlens_query::topology::exact::edges_in(
+            &storage.session(),
+            start.div_euclid(1_000_000),
+            end.div_euclid(1_000_000) + 1,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let el = t.elapsed();
+        if run == 0 {
+            let calls: i64 = edges.iter().map(|e| e.requests).sum();
+            summary = format!("{} (edge, code, flags) groups, {calls} calls", edges.len());
+            continue; // warm-up
+        }
+        times.push(el.as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "exact recompute over {rows} spans in {} files: median {:.3} s, min {:.3} s, max {:.3} s ({runs} runs after a warm-up; {summary})",
+        files.len(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
     );
     storage.shutdown().await?;
     Ok(())
@@ -452,10 +548,26 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             batch,
             dir,
+            derive,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(ingest(format, seconds, concurrency, batch, dir)),
+            .block_on(ingest(format, seconds, concurrency, batch, dir, derive)),
+        Cmd::TopologyMesh {
+            dir,
+            services,
+            rps,
+            runs,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(topology::run(dir, services, rps, runs))
+            .context("topology-mesh benchmark"),
+        Cmd::TopologyExact { dir, runs } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(topology_exact(dir, runs))
+            .context("topology-exact benchmark"),
         Cmd::Lookup {
             spans,
             dir,

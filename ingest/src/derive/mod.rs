@@ -36,7 +36,7 @@ use meshlens_storage::samples::{
     Exemplar, Labels, MetricMetadata, MetricType, SampleBatch, SampleStore,
 };
 use parking_lot::Mutex;
-use series::{Counter, Emitted, Histogram, Table};
+use series::{Counter, Emitted, Histogram, RawExemplar, Table};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -190,6 +190,13 @@ struct Half {
     mult: f64,
 }
 
+/// What both derivations read from a span, computed once.
+struct Facts {
+    failed: bool,
+    mult: f64,
+    dims: Vec<String>,
+}
+
 struct Pending {
     client: Option<Half>,
     server: Option<Half>,
@@ -240,7 +247,7 @@ struct State {
     edges: Table<EdgeSeries>,
     responses: Table<Counter>,
     losses: Table<Counter>,
-    pending: HashMap<(TraceId, SpanId), Pending>,
+    pending: HashMap<(TraceId, SpanId), Pending, foldhash::fast::RandomState>,
     queue: VecDeque<(i64, (TraceId, SpanId))>,
     prev_tick: Option<i64>,
     key: String,
@@ -253,12 +260,11 @@ pub struct Deriver {
     telemetry: Option<Telemetry>,
 }
 
-fn exemplar(h: &Half, value: f64, ts: i64) -> Exemplar {
-    Exemplar {
-        labels: vec![
-            ("trace_id".into(), h.trace_id.to_hex(h.trace_64)),
-            ("span_id".into(), h.span_id.to_hex()),
-        ],
+fn exemplar(h: &Half, value: f64, ts: i64) -> RawExemplar {
+    RawExemplar {
+        trace_id: h.trace_id,
+        trace_64: h.trace_64,
+        span_id: h.span_id,
         value,
         timestamp_ms: ts,
     }
@@ -323,8 +329,13 @@ impl Deriver {
                 too_old += 1;
                 continue;
             }
-            self.span_metrics(st, s, now);
-            self.service_graph(st, s, now);
+            let facts = Facts {
+                failed: span_info::failed(s),
+                mult: span_info::multiplier(s, &self.cfg),
+                dims: self.dims(s),
+            };
+            self.span_metrics(st, s, &facts, now);
+            self.service_graph(st, s, &facts, now);
         }
         if let Some(t) = &self.telemetry {
             t.inc(
@@ -355,16 +366,14 @@ impl Deriver {
             .collect()
     }
 
-    fn span_metrics(&self, st: &mut State, s: &Span, now: i64) {
-        let failed = span_info::failed(s);
-        let mult = span_info::multiplier(s, &self.cfg);
-        let dims = self.dims(s);
+    fn span_metrics(&self, st: &mut State, s: &Span, facts: &Facts, now: i64) {
+        let (failed, mult, dims) = (facts.failed, facts.mult, facts.dims.as_slice());
         let service = s.service_name();
         let kind = kind_label(s.kind);
         let status = status_label(s, failed);
         st.key.clear();
         let _ = write!(st.key, "{service}\0{}\0{kind}\0{status}", s.name);
-        for d in &dims {
+        for d in dims {
             st.key.push('\0');
             st.key.push_str(d);
         }
@@ -376,7 +385,7 @@ impl Deriver {
                 ("span_kind".into(), kind.into()),
                 ("status_code".into(), status.into()),
             ];
-            for (d, v) in cfg.dimensions.iter().zip(&dims) {
+            for (d, v) in cfg.dimensions.iter().zip(dims) {
                 base.push((d.label.clone(), v.clone()));
             }
             let mut calls = base.clone();
@@ -409,12 +418,12 @@ impl Deriver {
         }
     }
 
-    fn half(&self, s: &Span) -> Half {
+    fn half(&self, s: &Span, facts: &Facts) -> Half {
         Half {
             service: s.service_name().to_string(),
-            dims: self.dims(s),
+            dims: facts.dims.clone(),
             seconds: s.duration_nanos.map(|d| d as f64 / 1e9),
-            failed: span_info::failed(s),
+            failed: facts.failed,
             code: span_info::http_status(s),
             flags: span_info::response_flags(s).map(str::to_string),
             peer: match s.kind {
@@ -425,11 +434,11 @@ impl Deriver {
             trace_id: s.trace_id,
             trace_64: s.trace_id_64,
             span_id: s.span_id,
-            mult: span_info::multiplier(s, &self.cfg),
+            mult: facts.mult,
         }
     }
 
-    fn service_graph(&self, st: &mut State, s: &Span, now: i64) {
+    fn service_graph(&self, st: &mut State, s: &Span, facts: &Facts, now: i64) {
         if s.service_name().is_empty() {
             return;
         }
@@ -442,7 +451,7 @@ impl Deriver {
                     (false, (s.trace_id, p))
                 } else {
                     // A root server span: nobody instrumented called it.
-                    let h = self.half(s);
+                    let h = self.half(s, facts);
                     let (peer, conn) = h
                         .peer
                         .clone()
@@ -463,7 +472,7 @@ impl Deriver {
                 // The same half reported twice: counted once.
                 return;
             }
-            *slot = Some(self.half(s));
+            *slot = Some(self.half(s, facts));
             if p.client.is_some()
                 && p.server.is_some()
                 && let Some(p) = st.pending.remove(&key)
@@ -478,7 +487,7 @@ impl Deriver {
             self.loss(st, EDGE_DROPPED, side, s.service_name(), 1.0, now);
             return;
         }
-        let h = self.half(s);
+        let h = self.half(s, facts);
         let deadline = now + self.cfg.wait.as_millis() as i64;
         st.pending.insert(
             key,

@@ -2,8 +2,36 @@
 //! sample store as Prometheus series at every tick, the way a Prometheus
 //! client library exposes them and a scraper stores them.
 
+use meshlens_storage::model::{SpanId, TraceId};
 use meshlens_storage::samples::{Exemplar, Labels, Sample, SeriesWrite, stale_nan};
+
+/// An exemplar as kept between ticks: plain ids, rendered only when written
+/// (most are overwritten by a later span before the tick).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawExemplar {
+    pub trace_id: TraceId,
+    pub trace_64: bool,
+    pub span_id: SpanId,
+    pub value: f64,
+    pub timestamp_ms: i64,
+}
+
+impl RawExemplar {
+    pub fn render(&self) -> Exemplar {
+        Exemplar {
+            labels: vec![
+                ("trace_id".into(), self.trace_id.to_hex(self.trace_64)),
+                ("span_id".into(), self.span_id.to_hex()),
+            ],
+            value: self.value,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
 use std::collections::HashMap;
+
+/// A fast, DoS-resistant hasher for the per-span lookups.
+type Fast = foldhash::fast::RandomState;
 use std::sync::Arc;
 
 /// What one tick produces.
@@ -55,7 +83,7 @@ pub trait Emit {
 pub struct Counter {
     pub labels: Labels,
     pub value: f64,
-    pub exemplar: Option<Exemplar>,
+    pub exemplar: Option<RawExemplar>,
 }
 
 impl Counter {
@@ -66,7 +94,7 @@ impl Counter {
             exemplar: None,
         }
     }
-    pub fn add(&mut self, by: f64, exemplar: Option<Exemplar>) {
+    pub fn add(&mut self, by: f64, exemplar: Option<RawExemplar>) {
         self.value += by;
         if exemplar.is_some() {
             self.exemplar = exemplar;
@@ -78,7 +106,7 @@ impl Emit for Counter {
     fn emit(&mut self, ts: i64, zero_at: Option<i64>, out: &mut Emitted) {
         out.push(&self.labels, zero_at, ts, self.value);
         if let Some(e) = self.exemplar.take() {
-            out.exemplars.push((self.labels.clone(), e));
+            out.exemplars.push((self.labels.clone(), e.render()));
         }
     }
     fn emit_stale(&self, ts: i64, out: &mut Emitted) {
@@ -96,7 +124,7 @@ pub struct Histogram {
     counts: Vec<f64>,
     sum: f64,
     count: f64,
-    exemplar: Option<(usize, Exemplar)>,
+    exemplar: Option<(usize, RawExemplar)>,
 }
 
 /// Prometheus's rendering of a bucket bound.
@@ -138,7 +166,7 @@ impl Histogram {
     }
 
     /// Observes `v` (seconds) `weight` times (the sampling multiplier).
-    pub fn observe(&mut self, v: f64, weight: f64, exemplar: Option<Exemplar>) {
+    pub fn observe(&mut self, v: f64, weight: f64, exemplar: Option<RawExemplar>) {
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i] += weight;
         self.sum += v * weight;
@@ -159,7 +187,8 @@ impl Emit for Histogram {
         out.push(&self.sum_labels, zero_at, ts, self.sum);
         out.push(&self.count_labels, zero_at, ts, self.count);
         if let Some((i, e)) = self.exemplar.take() {
-            out.exemplars.push((self.bucket_labels[i].clone(), e));
+            out.exemplars
+                .push((self.bucket_labels[i].clone(), e.render()));
         }
     }
     fn emit_stale(&self, ts: i64, out: &mut Emitted) {
@@ -179,14 +208,14 @@ struct Entry<T> {
 
 /// Series groups by a string key (label values joined), with idle expiry.
 pub struct Table<T> {
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, Fast>,
     entries: Vec<Entry<T>>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            index: HashMap::new(),
+            index: HashMap::default(),
             entries: Vec::new(),
         }
     }

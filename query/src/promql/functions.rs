@@ -901,7 +901,7 @@ fn bucket_groups(ctx: &Ctx, v: &[Series], func: &str, arg: usize) -> Vec<Buckets
     out
 }
 
-fn parse_le(s: &str) -> Option<f64> {
+pub fn parse_le(s: &str) -> Option<f64> {
     match s.trim() {
         "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
         "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
@@ -937,7 +937,7 @@ fn coalesce(b: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 /// Prometheus's `BucketQuantile` over sorted `(upper bound, count)`.
 /// Returns the value and whether monotonicity had to be forced.
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
+pub fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> (f64, bool) {
     if q.is_nan() {
         return (f64::NAN, false);
     }

@@ -1,284 +1,44 @@
 //! The exact recompute: the service graph of a window straight from the
-//! stored spans, one DataFusion plan (a hash join of client halves with
-//! server halves), with the pairing rules of the derivation in
-//! `ingest/src/derive` (docs/API.md) minus its wait: halves pair however
-//! far apart they arrived. The test suite checks the derived series
-//! against it.
+//! stored spans. DataFusion scans the window (time pruning, projection of
+//! the columns needed); the pairing runs over the record batches in one
+//! pass with the rules of the derivation in `ingest/src/derive` (docs/API.md)
+//! minus its wait: halves pair however far apart they arrived. Files are
+//! sorted by trace id, so the two halves of a call nearly always meet in the
+//! same batch and the table of waiting halves stays small. Latency
+//! quantiles are exact (sorted server durations, interpolated like
+//! `percentile_cont`). Counts are stored spans (no sampling multiplier).
+//! The test suite checks the derived series against it.
 
 use super::model::{Extras, GraphType, Latency, NodeRef, Row};
 use super::sources::span_ident;
 use super::{Ctx, TopoError};
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
-use datafusion::common::ScalarValue;
-use datafusion::functions::expr_fn::{concat_ws, nullif, split_part, starts_with};
-use datafusion::functions_aggregate::approx_percentile_cont::approx_percentile_cont;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::functions_nested::expr_fn::{array_element, map_extract};
-use datafusion::logical_expr::{JoinType, cast, try_cast, when};
-use datafusion::prelude::{DataFrame, Expr, SessionContext, coalesce, col, lit};
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Int32Type};
+use datafusion::prelude::{col, lit};
+use futures::StreamExt;
 use std::collections::HashMap;
-use std::ops::Not;
 
-fn map_attr(map: &str, key: &str) -> Expr {
-    array_element(map_extract(col(map), lit(key)), lit(1i64))
-}
+/// The columns the recompute reads.
+const COLUMNS: &[&str] = &[
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "kind",
+    "shared",
+    "service_name",
+    "duration_nano",
+    "status_code",
+    "remote_service_name",
+    "tag_http_status_code",
+    "tag_response_flags",
+    "tag_upstream_cluster",
+    "tag_istio_canonical_revision",
+    "tag_istio_namespace",
+    "attributes",
+    "resource_attributes",
+];
 
-/// A string attribute from the span's map, then the resource's.
-fn attr(key: &str) -> Expr {
-    coalesce(vec![
-        map_attr("attributes", key),
-        map_attr("resource_attributes", key),
-    ])
-}
-
-fn utf8(e: Expr) -> Expr {
-    cast(e, DataType::Utf8)
-}
-
-/// The client-style peer of a half (docs/API.md): `peer.service`, the
-/// remote endpoint, `db.name`/`db.system`, messaging (producers),
-/// `server.address`, `net.peer.name`, the host of Envoy's `upstream_cluster`.
-fn client_peer() -> (Expr, Expr) {
-    let cluster = utf8(col("tag_upstream_cluster"));
-    let peer = coalesce(vec![
-        attr("peer.service"),
-        utf8(col("remote_service_name")),
-        attr("db.name"),
-        attr("db.system"),
-        when(
-            col("kind").eq(lit(4u8)),
-            coalesce(vec![
-                attr("messaging.system"),
-                attr("messaging.destination.name"),
-                attr("messaging.destination"),
-            ]),
-        )
-        .end()
-        .unwrap_or(lit(ScalarValue::Utf8(None))),
-        attr("server.address"),
-        attr("net.peer.name"),
-        when(
-            starts_with(cluster.clone(), lit("outbound|")),
-            nullif(split_part(cluster, lit("|"), lit(4i64)), lit("")),
-        )
-        .end()
-        .unwrap_or(lit(ScalarValue::Utf8(None))),
-    ]);
-    let conn = when(
-        attr("peer.service")
-            .is_null()
-            .and(col("remote_service_name").is_null())
-            .and(
-                attr("db.name")
-                    .is_not_null()
-                    .or(attr("db.system").is_not_null()),
-            ),
-        lit("database"),
-    )
-    .when(col("kind").eq(lit(4u8)), lit("messaging_system"))
-    .otherwise(lit("virtual_node"))
-    .unwrap_or(lit("virtual_node"));
-    (peer, conn)
-}
-
-/// The (trace, key) halves of one side with what an edge needs.
-fn half(spans: DataFrame, client: bool) -> datafusion::error::Result<DataFrame> {
-    let p = if client { "c_" } else { "v_" };
-    let status = coalesce(vec![
-        try_cast(
-            coalesce(vec![
-                utf8(col("tag_http_status_code")),
-                map_attr("attributes", "http.response.status_code"),
-            ]),
-            DataType::Int32,
-        ),
-        lit(0i32),
-    ]);
-    let failed = col("status_code")
-        .eq(lit(2u8))
-        .or(map_attr("attributes", "error").is_not_null())
-        .or(status.clone().gt_eq(lit(500i32)));
-    let version = coalesce(vec![
-        utf8(col("tag_istio_canonical_revision")),
-        attr("service.version"),
-    ]);
-    let namespace = coalesce(vec![
-        utf8(col("tag_istio_namespace")),
-        attr("service.namespace"),
-        attr("k8s.namespace.name"),
-    ]);
-    let root = col("shared").not().and(col("parent_span_id").is_null());
-    let (key, kinds, peer, conn) = if client {
-        let (peer, conn) = client_peer();
-        (col("span_id"), vec![lit(3u8), lit(4u8)], peer, conn)
-    } else {
-        // A server names its caller by its remote endpoint (a consumer: the
-        // broker); a root server without one was called by `user`.
-        let named = coalesce(vec![
-            utf8(col("remote_service_name")),
-            when(col("kind").eq(lit(5u8)), attr("messaging.system"))
-                .end()
-                .unwrap_or(lit(ScalarValue::Utf8(None))),
-        ]);
-        let peer = when(root.clone(), coalesce(vec![named.clone(), lit("user")]))
-            .otherwise(named.clone())
-            .unwrap_or(named);
-        let conn = when(col("kind").eq(lit(5u8)), lit("messaging_system"))
-            .otherwise(lit("virtual_node"))
-            .unwrap_or(lit("virtual_node"));
-        let key = when(col("shared"), col("span_id"))
-            .otherwise(col("parent_span_id"))
-            .unwrap_or(col("span_id"));
-        (key, vec![lit(2u8), lit(5u8)], peer, conn)
-    };
-    spans
-        .filter(col("kind").in_list(kinds, false))?
-        .select(vec![
-            col("trace_id").alias(format!("{p}tid")),
-            key.alias(format!("{p}k")),
-            col("kind").alias(format!("{p}kind")),
-            utf8(col("service_name")).alias(format!("{p}svc")),
-            (cast(col("duration_nano"), DataType::Float64) / lit(1e9)).alias(format!("{p}secs")),
-            failed.alias(format!("{p}failed")),
-            cast(nullif(status, lit(0i32)), DataType::Utf8).alias(format!("{p}code")),
-            nullif(utf8(col("tag_response_flags")), lit("-")).alias(format!("{p}flags")),
-            version.alias(format!("{p}ver")),
-            namespace.alias(format!("{p}ns")),
-            peer.alias(format!("{p}peer")),
-            conn.alias(format!("{p}conn")),
-        ])
-}
-
-/// The recompute as a DataFusion plan over table `spans` for span start
-/// times in `[start_ns, end_ns]`: client and server halves full-outer-joined
-/// on (trace id, key), then counted per edge, code and flags.
-pub async fn plan(
-    ctx: &SessionContext,
-    start_ns: i64,
-    end_ns: i64,
-) -> datafusion::error::Result<DataFrame> {
-    let spans = ctx.table("spans").await?.filter(
-        col("start_time_unix_nano")
-            .gt_eq(lit(start_ns))
-            .and(col("start_time_unix_nano").lt_eq(lit(end_ns)))
-            .and(col("service_name").is_not_null()),
-    )?;
-    let c = half(spans.clone(), true)?;
-    let v = half(spans, false)?;
-    let joined = c.join(
-        v,
-        JoinType::Full,
-        &["c_tid", "c_k"],
-        &["v_tid", "v_k"],
-        None,
-    )?;
-    let has_c = col("c_tid").is_not_null();
-    let has_v = col("v_tid").is_not_null();
-    let both = has_c.clone().and(has_v.clone());
-    let only_c = has_c.clone().and(has_v.clone().not());
-    let only_v = has_v.clone().and(has_c.clone().not());
-    let pick = |a: Expr, b: Expr, c: Expr| {
-        when(both.clone(), a)
-            .when(only_c.clone(), b)
-            .otherwise(c)
-            .unwrap_or(lit(ScalarValue::Utf8(None)))
-    };
-    let null = || lit(ScalarValue::Utf8(None));
-    let edges = joined
-        .filter(
-            both.clone()
-                .or(only_c.clone().and(col("c_peer").is_not_null()))
-                .or(only_v.clone().and(col("v_peer").is_not_null())),
-        )?
-        .select(vec![
-            pick(col("c_svc"), col("c_svc"), col("v_peer")).alias("client"),
-            pick(col("v_svc"), col("c_peer"), col("v_svc")).alias("server"),
-            pick(
-                when(
-                    col("c_kind").eq(lit(4u8)).or(col("v_kind").eq(lit(5u8))),
-                    lit("messaging_system"),
-                )
-                .otherwise(lit(""))
-                .unwrap_or(lit("")),
-                col("c_conn"),
-                col("v_conn"),
-            )
-            .alias("conn"),
-            pick(col("c_ns"), col("c_ns"), null()).alias("cns"),
-            pick(col("c_ver"), col("c_ver"), null()).alias("cver"),
-            pick(col("v_ns"), null(), col("v_ns")).alias("sns"),
-            pick(col("v_ver"), null(), col("v_ver")).alias("sver"),
-            coalesce(vec![col("c_code"), col("v_code")]).alias("code"),
-            concat_ws(lit(","), vec![col("c_flags"), col("v_flags")]).alias("flags"),
-            only_v.clone().alias("cvirt"),
-            only_c.clone().alias("svirt"),
-            coalesce(vec![col("c_failed"), lit(false)])
-                .or(coalesce(vec![col("v_failed"), lit(false)]))
-                .alias("failed"),
-            col("v_secs").alias("secs"),
-        ])?;
-    let q = |p: f64, name: &str| {
-        approx_percentile_cont(col("secs").sort(true, false), lit(p), None).alias(name)
-    };
-    edges.aggregate(
-        vec![
-            col("client"),
-            col("server"),
-            col("conn"),
-            col("cns"),
-            col("cver"),
-            col("sns"),
-            col("sver"),
-            col("code"),
-            col("flags"),
-            col("cvirt"),
-            col("svirt"),
-        ],
-        vec![
-            count(lit(1i64)).alias("n"),
-            sum(when(col("failed"), lit(1i64))
-                .otherwise(lit(0i64))
-                .unwrap_or(lit(0i64)))
-            .alias("nfailed"),
-            q(0.5, "p50"),
-            q(0.95, "p95"),
-            q(0.99, "p99"),
-        ],
-    )
-}
-
-fn strings(b: &RecordBatch, name: &str) -> Result<Vec<String>, TopoError> {
-    let col = b
-        .column_by_name(name)
-        .ok_or_else(|| TopoError::Internal(format!("exact recompute: no column {name}")))?;
-    let col = arrow::compute::cast(col, &DataType::Utf8)
-        .map_err(|e| TopoError::Internal(e.to_string()))?;
-    let a = col.as_string::<i32>();
-    Ok((0..a.len())
-        .map(|i| {
-            if a.is_null(i) {
-                String::new()
-            } else {
-                a.value(i).to_string()
-            }
-        })
-        .collect())
-}
-
-fn numbers(b: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>, TopoError> {
-    let col = b
-        .column_by_name(name)
-        .ok_or_else(|| TopoError::Internal(format!("exact recompute: no column {name}")))?;
-    let col = arrow::compute::cast(col, &DataType::Float64)
-        .map_err(|e| TopoError::Internal(e.to_string()))?;
-    let a = col.as_primitive::<Float64Type>();
-    Ok((0..a.len())
-        .map(|i| (!a.is_null(i)).then(|| a.value(i)))
-        .collect())
-}
-
-/// One result row of [`sql`].
+/// One edge x response code x flags of the recompute.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExactEdge {
     pub client: String,
@@ -295,74 +55,445 @@ pub struct ExactEdge {
     pub server_virtual: bool,
     pub requests: i64,
     pub failed: i64,
-    /// Server-side duration quantiles, seconds (t-digest).
-    pub p50: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
+    /// Server-side durations, seconds, sorted.
+    pub durations: Vec<f64>,
+}
+
+/// The `q` quantile of sorted values, interpolated between neighbours.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+const CONNS: [&str; 4] = ["", "virtual_node", "database", "messaging_system"];
+const NONE: u32 = 0;
+
+/// Half of a call: interned strings (0 = none).
+#[derive(Clone, Copy)]
+struct Half {
+    svc: u32,
+    ns: u32,
+    ver: u32,
+    secs: Option<f64>,
+    failed: bool,
+    code: u32,
+    flags: u32,
+    /// Peer name and connection type index, for an unpaired half.
+    peer: u32,
+    peer_conn: u8,
+    messaging: bool,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct EdgeKey {
+    client: u32,
+    server: u32,
+    conn: u8,
+    cns: u32,
+    cver: u32,
+    sns: u32,
+    sver: u32,
+    code: u32,
+    flags: u32,
+    cvirt: bool,
+    svirt: bool,
+}
+
+#[derive(Default)]
+struct Agg {
+    n: i64,
+    failed: i64,
+    durations: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Pairer {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+    waiting: HashMap<([u8; 16], [u8; 8]), (Option<Half>, Option<Half>)>,
+    aggs: HashMap<EdgeKey, Agg>,
+}
+
+/// Per-row interned ids of a (dictionary or plain) string column.
+fn intern_column(p: &mut Pairer, a: &ArrayRef) -> Vec<u32> {
+    if let Some(d) = a.as_dictionary_opt::<Int32Type>()
+        && let Some(values) = d.values().as_string_opt::<i32>()
+    {
+        let ids: Vec<u32> = (0..values.len())
+            .map(|i| {
+                if values.is_null(i) {
+                    NONE
+                } else {
+                    p.intern(values.value(i))
+                }
+            })
+            .collect();
+        return (0..d.len())
+            .map(|i| {
+                if d.is_null(i) {
+                    NONE
+                } else {
+                    ids[d.keys().value(i) as usize]
+                }
+            })
+            .collect();
+    }
+    let owned = arrow::compute::cast(a, &DataType::Utf8).ok();
+    let Some(s) = owned.as_ref().and_then(|o| o.as_string_opt::<i32>()) else {
+        return vec![NONE; a.len()];
+    };
+    (0..s.len())
+        .map(|i| {
+            if s.is_null(i) {
+                NONE
+            } else {
+                p.intern(s.value(i))
+            }
+        })
+        .collect()
+}
+
+/// The value of `key` in row `i` of a string map column.
+fn map_get<'a>(m: Option<&'a MapArray>, i: usize, key: &str) -> Option<&'a str> {
+    let m = m?;
+    if m.is_null(i) {
+        return None;
+    }
+    let keys: &StringArray = m.keys().as_string_opt::<i32>()?;
+    let values: &StringArray = m.values().as_string_opt::<i32>()?;
+    let offs = m.value_offsets();
+    let (a, b) = (offs[i] as usize, offs[i + 1] as usize);
+    (a..b)
+        .find(|&j| keys.value(j) == key)
+        .and_then(|j| (!values.is_null(j)).then(|| values.value(j)))
+        .filter(|v| !v.is_empty())
+}
+
+impl Pairer {
+    fn intern(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return NONE;
+        }
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        if self.names.is_empty() {
+            self.names.push(String::new());
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.to_string());
+        self.ids.insert(s.to_string(), i);
+        i
+    }
+
+    fn name(&self, i: u32) -> String {
+        self.names.get(i as usize).cloned().unwrap_or_default()
+    }
+
+    fn batch(&mut self, b: &RecordBatch) -> Result<(), TopoError> {
+        let colr = |n: &str| {
+            b.column_by_name(n)
+                .cloned()
+                .ok_or_else(|| TopoError::Internal(format!("exact recompute: no column {n}")))
+        };
+        let trace = colr("trace_id")?;
+        let trace = trace.as_fixed_size_binary();
+        let span = colr("span_id")?;
+        let span = span.as_fixed_size_binary();
+        let parent = colr("parent_span_id")?;
+        let parent = parent.as_fixed_size_binary();
+        let kind = colr("kind")?;
+        let kind = kind.as_primitive::<arrow::datatypes::UInt8Type>();
+        let shared = colr("shared")?;
+        let shared = shared.as_boolean();
+        let dur = colr("duration_nano")?;
+        let dur = dur.as_primitive::<arrow::datatypes::Int64Type>();
+        let status = colr("status_code")?;
+        let status = status.as_primitive::<arrow::datatypes::UInt8Type>();
+        let svc = intern_column(self, &colr("service_name")?);
+        let remote = intern_column(self, &colr("remote_service_name")?);
+        let http = intern_column(self, &colr("tag_http_status_code")?);
+        let flags = intern_column(self, &colr("tag_response_flags")?);
+        let cluster = intern_column(self, &colr("tag_upstream_cluster")?);
+        let rev = intern_column(self, &colr("tag_istio_canonical_revision")?);
+        let ins = intern_column(self, &colr("tag_istio_namespace")?);
+        let attrs_col = colr("attributes")?;
+        let attrs = attrs_col.as_map_opt();
+        let res_col = colr("resource_attributes")?;
+        let res = res_col.as_map_opt();
+        let dash = self.intern("-");
+        for i in 0..b.num_rows() {
+            let k = kind.value(i);
+            let is_client = matches!(k, 3 | 4);
+            let is_server = matches!(k, 2 | 5);
+            if (!is_client && !is_server) || svc[i] == NONE {
+                continue;
+            }
+            let attr = |key: &str| map_get(attrs, i, key).or_else(|| map_get(res, i, key));
+            // Failure and response code (span_info::failed / http_status).
+            let code_num: Option<u16> = if http[i] != NONE {
+                self.names[http[i] as usize].trim().parse().ok()
+            } else {
+                map_get(attrs, i, "http.response.status_code").and_then(|v| v.trim().parse().ok())
+            };
+            let failed = status.value(i) == 2
+                || map_get(attrs, i, "error").is_some()
+                || code_num.is_some_and(|c| c >= 500);
+            let ver = match rev[i] {
+                NONE => attr("service.version").map(str::to_string),
+                v => Some(self.names[v as usize].clone()),
+            };
+            let ns = match ins[i] {
+                NONE => attr("service.namespace")
+                    .or_else(|| attr("k8s.namespace.name"))
+                    .map(str::to_string),
+                v => Some(self.names[v as usize].clone()),
+            };
+            let (peer, peer_conn) = if is_client {
+                let other: u8 = if k == 4 { 3 } else { 1 };
+                let cl = if cluster[i] != NONE {
+                    self.names[cluster[i] as usize].clone()
+                } else {
+                    String::new()
+                };
+                let found: Option<(String, u8)> = attr("peer.service")
+                    .map(|p| (p.to_string(), other))
+                    .or_else(|| {
+                        (remote[i] != NONE).then(|| (self.names[remote[i] as usize].clone(), other))
+                    })
+                    .or_else(|| {
+                        attr("db.name")
+                            .or_else(|| attr("db.system"))
+                            .map(|p| (p.to_string(), 2))
+                    })
+                    .or_else(|| {
+                        (k == 4)
+                            .then(|| {
+                                attr("messaging.system")
+                                    .or_else(|| attr("messaging.destination.name"))
+                                    .or_else(|| attr("messaging.destination"))
+                                    .map(|p| (p.to_string(), 3))
+                            })
+                            .flatten()
+                    })
+                    .or_else(|| {
+                        attr("server.address")
+                            .or_else(|| attr("net.peer.name"))
+                            .map(|p| (p.to_string(), other))
+                    })
+                    .or_else(|| meshlens_ingest_cluster_host(&cl).map(|h| (h.to_string(), other)));
+                match found {
+                    Some((p, c)) => (self.intern(&p), c),
+                    None => (NONE, 1),
+                }
+            } else {
+                let conn: u8 = if k == 5 { 3 } else { 1 };
+                let named = if remote[i] != NONE {
+                    Some(self.names[remote[i] as usize].clone())
+                } else if k == 5 {
+                    attr("messaging.system").map(str::to_string)
+                } else {
+                    None
+                };
+                match named {
+                    Some(p) => (self.intern(&p), conn),
+                    None => (NONE, conn),
+                }
+            };
+            let code = code_num.map(|c| c.to_string()).unwrap_or_default();
+            let half = Half {
+                svc: svc[i],
+                ns: ns.map(|s| self.intern(&s)).unwrap_or(NONE),
+                ver: ver.map(|s| self.intern(&s)).unwrap_or(NONE),
+                secs: (!dur.is_null(i)).then(|| dur.value(i) as f64 / 1e9),
+                failed,
+                code: self.intern(&code),
+                flags: if flags[i] == dash { NONE } else { flags[i] },
+                peer,
+                peer_conn,
+                messaging: matches!(k, 4 | 5),
+            };
+            let mut tid = [0u8; 16];
+            tid.copy_from_slice(trace.value(i));
+            let mut own = [0u8; 8];
+            own.copy_from_slice(span.value(i));
+            let key = if is_client || shared.value(i) {
+                own
+            } else if !parent.is_null(i) {
+                let mut p = [0u8; 8];
+                p.copy_from_slice(parent.value(i));
+                p
+            } else {
+                // A root server span: from its named caller, else `user`.
+                let from = if half.peer != NONE {
+                    half.peer
+                } else {
+                    self.intern("user")
+                };
+                let conn = if half.peer != NONE { half.peer_conn } else { 1 };
+                self.edge(None, Some(&half), Some((from, conn)));
+                continue;
+            };
+            let slot = self.waiting.entry((tid, key)).or_insert((None, None));
+            let side = if is_client { &mut slot.0 } else { &mut slot.1 };
+            if side.is_some() {
+                continue; // reported twice: counted once
+            }
+            *side = Some(half);
+            if let (Some(c), Some(s)) = *slot {
+                self.waiting.remove(&(tid, key));
+                self.edge(Some(&c), Some(&s), None);
+            }
+        }
+        Ok(())
+    }
+
+    fn edge(&mut self, c: Option<&Half>, s: Option<&Half>, peer: Option<(u32, u8)>) {
+        let Some(any) = c.or(s) else { return };
+        let conn = match peer {
+            Some((_, k)) => k,
+            None if any.messaging
+                || c.is_some_and(|h| h.messaging)
+                || s.is_some_and(|h| h.messaging) =>
+            {
+                3
+            }
+            None => 0,
+        };
+        let flags = {
+            let mut v: Vec<&str> = [c.map(|h| h.flags), s.map(|h| h.flags)]
+                .into_iter()
+                .flatten()
+                .filter(|f| *f != NONE)
+                .flat_map(|f| self.names[f as usize].split(','))
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v.join(",")
+        };
+        let flags = self.intern(&flags);
+        let key = EdgeKey {
+            client: c.map(|h| h.svc).or(peer.map(|p| p.0)).unwrap_or(NONE),
+            server: s.map(|h| h.svc).or(peer.map(|p| p.0)).unwrap_or(NONE),
+            conn,
+            cns: c.map(|h| h.ns).unwrap_or(NONE),
+            cver: c.map(|h| h.ver).unwrap_or(NONE),
+            sns: s.map(|h| h.ns).unwrap_or(NONE),
+            sver: s.map(|h| h.ver).unwrap_or(NONE),
+            code: c
+                .map(|h| h.code)
+                .filter(|x| *x != NONE)
+                .or(s.map(|h| h.code))
+                .unwrap_or(NONE),
+            flags,
+            cvirt: c.is_none(),
+            svirt: s.is_none(),
+        };
+        let a = self.aggs.entry(key).or_default();
+        a.n += 1;
+        if c.is_some_and(|h| h.failed) || s.is_some_and(|h| h.failed) {
+            a.failed += 1;
+        }
+        if let Some(secs) = s.and_then(|h| h.secs) {
+            a.durations.push(secs);
+        }
+    }
+
+    fn finish(mut self) -> Vec<ExactEdge> {
+        let left: Vec<(Option<Half>, Option<Half>)> =
+            self.waiting.drain().map(|(_, v)| v).collect();
+        for (c, s) in left {
+            match (c, s) {
+                (Some(c), None) if c.peer != NONE => {
+                    self.edge(Some(&c), None, Some((c.peer, c.peer_conn)))
+                }
+                (None, Some(s)) if s.peer != NONE => {
+                    self.edge(None, Some(&s), Some((s.peer, s.peer_conn)))
+                }
+                _ => {}
+            }
+        }
+        let aggs = std::mem::take(&mut self.aggs);
+        let mut out: Vec<ExactEdge> = aggs
+            .into_iter()
+            .map(|(k, mut a)| {
+                a.durations.sort_by(|x, y| x.total_cmp(y));
+                ExactEdge {
+                    client: self.name(k.client),
+                    server: self.name(k.server),
+                    connection_type: CONNS[k.conn as usize].to_string(),
+                    client_namespace: self.name(k.cns),
+                    client_version: self.name(k.cver),
+                    server_namespace: self.name(k.sns),
+                    server_version: self.name(k.sver),
+                    code: self.name(k.code),
+                    flags: self.name(k.flags),
+                    client_virtual: k.cvirt,
+                    server_virtual: k.svirt,
+                    requests: a.n,
+                    failed: a.failed,
+                    durations: a.durations,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.client, &a.server, &a.code, &a.flags)
+                .cmp(&(&b.client, &b.server, &b.code, &b.flags))
+        });
+        out
+    }
+}
+
+/// `outbound|9080|v1|reviews.default.svc.cluster.local` -> the host.
+fn meshlens_ingest_cluster_host(c: &str) -> Option<&str> {
+    let mut p = c.split('|');
+    if p.next()? != "outbound" {
+        return None;
+    }
+    let host = p.nth(2)?;
+    (!host.is_empty()).then_some(host)
 }
 
 /// Runs the recompute over `[start_ms, end_ms]` (span start times).
 pub async fn edges(cx: &Ctx, start_ms: i64, end_ms: i64) -> Result<Vec<ExactEdge>, TopoError> {
-    let ctx = cx.st.storage.session();
-    let batches = plan(
-        &ctx,
-        start_ms.saturating_mul(1_000_000),
-        end_ms.saturating_mul(1_000_000).saturating_add(999_999),
-    )
-    .await
-    .map_err(|e| TopoError::Internal(format!("exact recompute: {e}")))?
-    .collect()
-    .await
-    .map_err(|e| TopoError::Internal(format!("exact recompute: {e}")))?;
-    let mut out = Vec::new();
-    for b in &batches {
-        let (client, server, conn) = (
-            strings(b, "client")?,
-            strings(b, "server")?,
-            strings(b, "conn")?,
-        );
-        let (cns, cver, sns, sver) = (
-            strings(b, "cns")?,
-            strings(b, "cver")?,
-            strings(b, "sns")?,
-            strings(b, "sver")?,
-        );
-        let (code, flags) = (strings(b, "code")?, strings(b, "flags")?);
-        let (n, f) = (numbers(b, "n")?, numbers(b, "nfailed")?);
-        let (p50, p95, p99) = (numbers(b, "p50")?, numbers(b, "p95")?, numbers(b, "p99")?);
-        let (cv, sv) = (strings(b, "cvirt")?, strings(b, "svirt")?);
-        for i in 0..b.num_rows() {
-            let mut fl: Vec<&str> = flags[i]
-                .split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .collect();
-            fl.sort_unstable();
-            fl.dedup();
-            out.push(ExactEdge {
-                client: client[i].clone(),
-                server: server[i].clone(),
-                connection_type: conn[i].clone(),
-                client_namespace: cns[i].clone(),
-                client_version: cver[i].clone(),
-                server_namespace: sns[i].clone(),
-                server_version: sver[i].clone(),
-                code: code[i].clone(),
-                flags: fl.join(","),
-                client_virtual: cv[i] == "true",
-                server_virtual: sv[i] == "true",
-                requests: n[i].unwrap_or(0.0) as i64,
-                failed: f[i].unwrap_or(0.0) as i64,
-                p50: p50[i],
-                p95: p95[i],
-                p99: p99[i],
-            });
-        }
+    edges_in(&cx.st.storage.session(), start_ms, end_ms).await
+}
+
+/// [`edges`] on a DataFusion session that has the `spans` table.
+pub async fn edges_in(
+    ctx: &datafusion::prelude::SessionContext,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ExactEdge>, TopoError> {
+    let err = |e: datafusion::error::DataFusionError| {
+        TopoError::Internal(format!("exact recompute: {e}"))
+    };
+    let start_ns = start_ms.saturating_mul(1_000_000);
+    let end_ns = end_ms.saturating_mul(1_000_000).saturating_add(999_999);
+    let df = ctx
+        .table("spans")
+        .await
+        .map_err(err)?
+        .filter(
+            col("start_time_unix_nano")
+                .gt_eq(lit(start_ns))
+                .and(col("start_time_unix_nano").lt_eq(lit(end_ns))),
+        )
+        .map_err(err)?
+        .select_columns(COLUMNS)
+        .map_err(err)?;
+    let mut stream = df.execute_stream().await.map_err(err)?;
+    let mut p = Pairer::default();
+    while let Some(b) = stream.next().await {
+        p.batch(&b.map_err(err)?)?;
     }
-    out.sort_by(|a, b| {
-        (&a.client, &a.server, &a.code, &a.flags).cmp(&(&b.client, &b.server, &b.code, &b.flags))
-    });
-    Ok(out)
+    Ok(p.finish())
 }
 
 /// Rows for the graph builder from the recompute.
@@ -374,7 +505,7 @@ pub async fn rows(
     let secs = (cx.end_ms - cx.start_ms) as f64 / 1000.0;
     let mut rows = Vec::new();
     let mut extras = Extras::default();
-    let mut weights: HashMap<(String, String), f64> = HashMap::new();
+    let mut durations: HashMap<(String, String), Vec<f64>> = HashMap::new();
     for e in &edges {
         let src = span_ident(
             &e.client,
@@ -389,22 +520,10 @@ pub async fn rows(
             e.server_virtual,
         );
         let key = (src.node(g, true).id, dst.node(g, false).id);
-        // Quantiles of merged groups: weighted by requests (an approximation
-        // only when a graph node merges several versions).
-        let w = e.requests as f64;
-        let lat: &mut Latency = extras.latency.entry(key.clone()).or_default();
-        let tot = weights.entry(key).or_default();
-        let mix = |old: Option<f64>, new: Option<f64>| match (old, new) {
-            (Some(o), Some(n)) => Some((o * *tot + n * w * 1000.0) / (*tot + w)),
-            (None, Some(n)) => Some(n * 1000.0),
-            (o, None) => o,
-        };
-        lat.p50 = mix(lat.p50, e.p50);
-        lat.p95 = mix(lat.p95, e.p95);
-        lat.p99 = mix(lat.p99, e.p99);
-        if e.p50.is_some() {
-            *tot += w;
-        }
+        durations
+            .entry(key)
+            .or_default()
+            .extend_from_slice(&e.durations);
         rows.push(Row {
             src,
             dst,
@@ -422,6 +541,20 @@ pub async fn rows(
             traffic: true,
             breakdown: true,
         });
+    }
+    for (key, mut d) in durations {
+        if d.is_empty() {
+            continue;
+        }
+        d.sort_by(|a, b| a.total_cmp(b));
+        extras.latency.insert(
+            key,
+            Latency {
+                p50: quantile(&d, 0.5).map(|s| s * 1000.0),
+                p95: quantile(&d, 0.95).map(|s| s * 1000.0),
+                p99: quantile(&d, 0.99).map(|s| s * 1000.0),
+            },
+        );
     }
     Ok((
         rows,

@@ -354,19 +354,6 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         window_seconds: (end - start) as f64 / 1000.0,
         mesh_metrics,
         exact,
-        exact_plan: match exact {
-            true => Some(
-                exact::plan(
-                    &cx.st.storage.session(),
-                    start * 1_000_000,
-                    end * 1_000_000 + 999_999,
-                )
-                .await
-                .map(|df| format!("{}", df.logical_plan().display_indent()))
-                .map_err(|e| TopoError::Internal(e.to_string()))?,
-            ),
-            false => None,
-        },
         nodes,
         edges,
         warnings,

@@ -393,9 +393,6 @@ pub struct Topology {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_metrics: Option<&'static str>,
     pub exact: bool,
-    /// The DataFusion plan of an exact recompute (over table `spans`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exact_plan: Option<String>,
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
     pub warnings: Vec<String>,

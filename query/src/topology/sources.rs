@@ -4,7 +4,7 @@
 //! reproduces it; request counts come from the raw samples (not
 //! extrapolated).
 
-use super::model::{EdgeFlags, Extras, GraphType, Ident, Latency, NodeRef, Row, Tcp};
+use super::model::{EdgeFlags, Extras, GraphType, Ident, NodeRef, Row, Tcp};
 use super::{Ctx, TopoError};
 use meshlens_storage::samples::{Labels, Matcher};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -161,6 +161,43 @@ fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
     m
 }
 
+/// p50/p95/p99 per edge from bucket rates (`le` plus the group labels), as
+/// PromQL's `histogram_quantile` computes them, times `scale`.
+fn quantiles_into(
+    rates: impl Iterator<Item = crate::promql::InstantSample>,
+    scale: f64,
+    extras: &mut Extras,
+    key: impl Fn(&Labels) -> Option<(String, String)>,
+) {
+    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+    for s in rates {
+        let Some(le) = s
+            .labels
+            .get("le")
+            .and_then(|v| crate::promql::functions::parse_le(v))
+        else {
+            continue;
+        };
+        groups
+            .entry(s.labels.without(|n| n == "le" || n == "reporter"))
+            .or_default()
+            .push((le, s.value));
+    }
+    for (labels, mut buckets) in groups {
+        let Some(k) = key(&labels) else { continue };
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let q = |p: f64| {
+            let mut b = buckets.clone();
+            let (v, _) = crate::promql::functions::bucket_quantile(p, &mut b);
+            v.is_finite().then_some(v * scale)
+        };
+        let lat = extras.latency.entry(k).or_default();
+        lat.p50 = q(0.5);
+        lat.p95 = q(0.95);
+        lat.p99 = q(0.99);
+    }
+}
+
 /// Whether any series of `metric` has samples in the window.
 pub async fn has_data(cx: &Ctx, metric: &str) -> Result<bool, TopoError> {
     let r = cx
@@ -206,30 +243,19 @@ pub async fn istio(
         let (s, d) = istio_idents(l);
         (s.node(g, true).id, d.node(g, false).id)
     };
-    // Latency quantiles, per graph-type group (quantiles do not add up).
-    for (name, qn) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
-        for sel in [
-            r#"istio_request_duration_milliseconds_bucket{reporter="source"}"#,
-            r#"istio_request_duration_milliseconds_bucket{reporter="destination",source_workload="unknown"}"#,
-        ] {
-            let r = cx
-                .instant(&format!(
-                    "histogram_quantile({qn}, sum by ({group},le) (rate({sel}[{w}])))"
-                ))
-                .await?;
-            for s in r {
-                if !s.value.is_finite() {
-                    continue;
-                }
-                let lat: &mut Latency = extras.latency.entry(edge_key(&s.labels)).or_default();
-                match name {
-                    "p50" => lat.p50 = Some(s.value),
-                    "p95" => lat.p95 = Some(s.value),
-                    _ => lat.p99 = Some(s.value),
-                }
-            }
-        }
-    }
+    // Latency quantiles, per graph-type group (quantiles do not add up):
+    // one read of the buckets of both reporters, p50/p95/p99 from it as
+    // `histogram_quantile` computes them.
+    let rates = cx
+        .instant(&format!(
+            "sum by ({group},reporter,le) (rate(istio_request_duration_milliseconds_bucket{{reporter=~\"source|destination\"}}[{w}]))"
+        ))
+        .await?;
+    let wanted = rates.into_iter().filter(|s| {
+        s.labels.get("reporter") == Some("source")
+            || s.labels.get("source_workload") == Some("unknown")
+    });
+    quantiles_into(wanted, 1.0, &mut extras, |l| Some(edge_key(l)));
     // mTLS share, from the destination's view (sources report "unknown").
     let all = cx
         .instant(&format!(
@@ -470,27 +496,12 @@ pub async fn envoy(
         ))
     };
     let node_by = format!("{ENVOY_NODE},{cl}");
-    for (qn, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
-        let r = cx
-            .instant(&format!(
-                "histogram_quantile({qn}, sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{{cl}=~\"outbound\\\\|.*\"}}[{w}])))"
-            ))
-            .await?;
-        for s in r {
-            if !s.value.is_finite() {
-                continue;
-            }
-            let Some(k) = edge_key(&s.labels) else {
-                continue;
-            };
-            let lat = extras.latency.entry(k).or_default();
-            match name {
-                "p50" => lat.p50 = Some(s.value),
-                "p95" => lat.p95 = Some(s.value),
-                _ => lat.p99 = Some(s.value),
-            }
-        }
-    }
+    let rates = cx
+        .instant(&format!(
+            "sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{{cl}=~\"outbound\\\\|.*\"}}[{w}]))"
+        ))
+        .await?;
+    quantiles_into(rates.into_iter(), 1.0, &mut extras, edge_key);
     for (metric, which) in [
         ("envoy_cluster_upstream_rq_pending_overflow", 0),
         ("envoy_cluster_upstream_cx_overflow", 0),
@@ -727,28 +738,15 @@ pub async fn spans(
         GraphType::Workload | GraphType::VersionedApp => SPAN_EDGE.to_string(),
         _ => "client,server,connection_type,client_namespace,server_namespace".to_string(),
     };
-    for (qn, name) in [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")] {
-        let r = cx
-            .instant(&format!(
-                "histogram_quantile({qn}, sum by ({group},le) (rate(traces_service_graph_request_server_seconds_bucket[{w}]))) * 1000"
-            ))
-            .await?;
-        for s in r {
-            if !s.value.is_finite() {
-                continue;
-            }
-            let (a, b) = span_idents(&s.labels, &traced);
-            let lat = extras
-                .latency
-                .entry((a.node(g, true).id, b.node(g, false).id))
-                .or_default();
-            match name {
-                "p50" => lat.p50 = Some(s.value),
-                "p95" => lat.p95 = Some(s.value),
-                _ => lat.p99 = Some(s.value),
-            }
-        }
-    }
+    let rates = cx
+        .instant(&format!(
+            "sum by ({group},le) (rate(traces_service_graph_request_server_seconds_bucket[{w}]))"
+        ))
+        .await?;
+    quantiles_into(rates.into_iter(), 1000.0, &mut extras, |l| {
+        let (a, b) = span_idents(l, &traced);
+        Some((a.node(g, true).id, b.node(g, false).id))
+    });
     // Span service names per node, for the queries.
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
     for s in cx
