@@ -234,10 +234,12 @@ async fn ingest(
     );
 
     let count = Arc::new(AtomicU64::new(0));
+    let derive_ns = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
+        let derive_ns = derive_ns.clone();
         let (storage, payloads, count, stop, format, deriver) = (
             storage.clone(),
             payloads.clone(),
@@ -259,7 +261,9 @@ async fn ingest(
                 let n = spans.len() as u64;
                 storage.append_span_slice(&spans).await.expect("append");
                 if let Some(d) = &deriver {
+                    let t = Instant::now();
                     d.observe(&spans);
+                    derive_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
                 count.fetch_add(n, Ordering::Relaxed);
             }
@@ -274,7 +278,18 @@ async fn ingest(
     let rate = count.load(Ordering::Relaxed) as f64 / elapsed;
     println!(
         "ingest{}: {:.0} spans/s acknowledged after WAL fsync ({} spans in {elapsed:.1}s)",
-        if derive { " + derive" } else { "" },
+        if derive {
+            format!(
+                " + derive (derivation: {:.1}% of the run's time on this thread, {:.2} us/span)",
+                derive_ns.load(Ordering::Relaxed) as f64 / 1e9 / started.elapsed().as_secs_f64()
+                    * 100.0,
+                derive_ns.load(Ordering::Relaxed) as f64
+                    / 1e3
+                    / count.load(Ordering::Relaxed).max(1) as f64
+            )
+        } else {
+            String::new()
+        },
         rate,
         count.load(Ordering::Relaxed)
     );

@@ -335,7 +335,7 @@ impl Deriver {
                 dims: self.dims(s),
             };
             self.span_metrics(st, s, &facts, now);
-            self.service_graph(st, s, &facts, now);
+            self.service_graph(st, s, facts, now);
         }
         if let Some(t) = &self.telemetry {
             t.inc(
@@ -418,15 +418,17 @@ impl Deriver {
         }
     }
 
-    fn half(&self, s: &Span, facts: &Facts) -> Half {
+    /// `with_peer`: also find the peer an unpaired half would be an edge to.
+    fn half(&self, s: &Span, facts: Facts, with_peer: bool) -> Half {
         Half {
             service: s.service_name().to_string(),
-            dims: facts.dims.clone(),
+            dims: facts.dims,
             seconds: s.duration_nanos.map(|d| d as f64 / 1e9),
             failed: facts.failed,
             code: span_info::http_status(s),
             flags: span_info::response_flags(s).map(str::to_string),
             peer: match s.kind {
+                _ if !with_peer => None,
                 SpanKind::Client | SpanKind::Producer => span_info::client_peer(s),
                 _ => span_info::server_peer(s),
             },
@@ -438,7 +440,7 @@ impl Deriver {
         }
     }
 
-    fn service_graph(&self, st: &mut State, s: &Span, facts: &Facts, now: i64) {
+    fn service_graph(&self, st: &mut State, s: &Span, facts: Facts, now: i64) {
         if s.service_name().is_empty() {
             return;
         }
@@ -451,7 +453,7 @@ impl Deriver {
                     (false, (s.trace_id, p))
                 } else {
                     // A root server span: nobody instrumented called it.
-                    let h = self.half(s, facts);
+                    let h = self.half(s, facts, true);
                     let (peer, conn) = h
                         .peer
                         .clone()
@@ -472,7 +474,8 @@ impl Deriver {
                 // The same half reported twice: counted once.
                 return;
             }
-            *slot = Some(self.half(s, facts));
+            // Completes the pair: no peer needed.
+            *slot = Some(self.half(s, facts, false));
             if p.client.is_some()
                 && p.server.is_some()
                 && let Some(p) = st.pending.remove(&key)
@@ -487,13 +490,18 @@ impl Deriver {
             self.loss(st, EDGE_DROPPED, side, s.service_name(), 1.0, now);
             return;
         }
-        let h = self.half(s, facts);
+        let h = self.half(s, facts, true);
         let deadline = now + self.cfg.wait.as_millis() as i64;
+        let (client, server) = if is_client {
+            (Some(h), None)
+        } else {
+            (None, Some(h))
+        };
         st.pending.insert(
             key,
             Pending {
-                client: is_client.then(|| h.clone()),
-                server: (!is_client).then_some(h),
+                client,
+                server,
                 deadline_ms: deadline,
             },
         );
@@ -566,15 +574,15 @@ impl Deriver {
         let Some(any) = client.or(server) else {
             return;
         };
-        let ndims = self.cfg.dimensions.len();
-        let empty: Vec<String> = vec![String::new(); ndims];
+        // A virtual side has no dimensions (their labels are left out).
+        let empty: &[String] = &[];
         let (cname, cdims) = match client {
-            Some(c) => (c.service.as_str(), &c.dims),
-            None => (virtual_peer.map(|p| p.0).unwrap_or(""), &empty),
+            Some(c) => (c.service.as_str(), c.dims.as_slice()),
+            None => (virtual_peer.map(|p| p.0).unwrap_or(""), empty),
         };
         let (sname, sdims) = match server {
-            Some(s) => (s.service.as_str(), &s.dims),
-            None => (virtual_peer.map(|p| p.0).unwrap_or(""), &empty),
+            Some(s) => (s.service.as_str(), s.dims.as_slice()),
+            None => (virtual_peer.map(|p| p.0).unwrap_or(""), empty),
         };
         let conn = match (client, server, virtual_peer) {
             (_, _, Some((_, c))) => c,
@@ -641,11 +649,9 @@ impl Deriver {
 
         // Response code (what the client saw, else the server) and the
         // Envoy flags of both halves.
-        let code = client
+        let code_num = client
             .and_then(|c| c.code)
-            .or_else(|| server.and_then(|s| s.code))
-            .map(|c| c.to_string())
-            .unwrap_or_default();
+            .or_else(|| server.and_then(|s| s.code));
         let mut flags: Vec<&str> = client
             .and_then(|c| c.flags.as_deref())
             .into_iter()
@@ -657,11 +663,21 @@ impl Deriver {
         flags.sort_unstable();
         flags.dedup();
         let flags = flags.join(",");
-        let _ = write!(st.key, "\0{code}\0{flags}");
+        match code_num {
+            Some(c) => {
+                let _ = write!(st.key, "\0{c}\0{flags}");
+            }
+            None => {
+                let _ = write!(st.key, "\0\0{flags}");
+            }
+        }
         let counter = st.responses.get_or_insert(&st.key, now, || {
             let mut v = labels();
             v.push(("__name__".into(), EDGE_RESPONSES.into()));
-            v.push(("response_code".into(), code.clone()));
+            v.push((
+                "response_code".into(),
+                code_num.map(|c| c.to_string()).unwrap_or_default(),
+            ));
             v.push(("response_flags".into(), flags.clone()));
             Counter::new(Labels::new(v).unwrap_or_default())
         });

@@ -88,6 +88,9 @@ struct Half {
     messaging: bool,
 }
 
+/// (trace id, pairing key).
+type HalfKey = ([u8; 16], [u8; 8]);
+
 #[derive(Hash, PartialEq, Eq, Clone, Copy)]
 struct EdgeKey {
     client: u32,
@@ -114,8 +117,11 @@ struct Agg {
 struct Pairer {
     names: Vec<String>,
     ids: HashMap<String, u32>,
-    waiting: HashMap<([u8; 16], [u8; 8]), (Option<Half>, Option<Half>)>,
-    aggs: HashMap<EdgeKey, Agg>,
+    waiting: HashMap<HalfKey, (Option<Half>, Option<Half>), foldhash::fast::RandomState>,
+    aggs: HashMap<EdgeKey, Agg, foldhash::fast::RandomState>,
+    hosts: HashMap<u32, u32>,
+    codes: HashMap<u32, Option<u16>>,
+    code_ids: HashMap<u16, u32>,
 }
 
 /// Per-row interned ids of a (dictionary or plain) string column.
@@ -190,6 +196,37 @@ impl Pairer {
         i
     }
 
+    /// The host of an Istio outbound cluster name (interned), cached by id.
+    fn cluster_host(&mut self, cluster: u32) -> u32 {
+        if let Some(&h) = self.hosts.get(&cluster) {
+            return h;
+        }
+        let host = meshlens_ingest_cluster_host(&self.names[cluster as usize]).map(str::to_string);
+        let h = host.map_or(NONE, |h| self.intern(&h));
+        self.hosts.insert(cluster, h);
+        h
+    }
+
+    /// An HTTP status tag value as a number, cached by id.
+    fn code_of(&mut self, id: u32) -> Option<u16> {
+        if let Some(&c) = self.codes.get(&id) {
+            return c;
+        }
+        let c = self.names[id as usize].trim().parse().ok();
+        self.codes.insert(id, c);
+        c
+    }
+
+    /// The interned text of a status code.
+    fn code_id(&mut self, c: u16) -> u32 {
+        if let Some(&i) = self.code_ids.get(&c) {
+            return i;
+        }
+        let i = self.intern(&c.to_string());
+        self.code_ids.insert(c, i);
+        i
+    }
+
     fn name(&self, i: u32) -> String {
         self.names.get(i as usize).cloned().unwrap_or_default()
     }
@@ -236,7 +273,7 @@ impl Pairer {
             let attr = |key: &str| map_get(attrs, i, key).or_else(|| map_get(res, i, key));
             // Failure and response code (span_info::failed / http_status).
             let code_num: Option<u16> = if http[i] != NONE {
-                self.names[http[i] as usize].trim().parse().ok()
+                self.code_of(http[i])
             } else {
                 map_get(attrs, i, "http.response.status_code").and_then(|v| v.trim().parse().ok())
             };
@@ -244,74 +281,71 @@ impl Pairer {
                 || map_get(attrs, i, "error").is_some()
                 || code_num.is_some_and(|c| c >= 500);
             let ver = match rev[i] {
-                NONE => attr("service.version").map(str::to_string),
-                v => Some(self.names[v as usize].clone()),
+                NONE => attr("service.version").map_or(NONE, |v| self.intern(v)),
+                v => v,
             };
             let ns = match ins[i] {
                 NONE => attr("service.namespace")
                     .or_else(|| attr("k8s.namespace.name"))
-                    .map(str::to_string),
-                v => Some(self.names[v as usize].clone()),
+                    .map_or(NONE, |v| self.intern(v)),
+                v => v,
             };
             let (peer, peer_conn) = if is_client {
                 let other: u8 = if k == 4 { 3 } else { 1 };
-                let cl = if cluster[i] != NONE {
-                    self.names[cluster[i] as usize].clone()
-                } else {
-                    String::new()
+                // Attributes first (rare on proxies), then ids already interned.
+                let named: Option<(&str, u8)> = attr("peer.service").map(|p| (p, other));
+                let named = match named {
+                    Some(x) => Some(x),
+                    None if remote[i] != NONE => None,
+                    None => attr("db.name")
+                        .or_else(|| attr("db.system"))
+                        .map(|p| (p, 2))
+                        .or_else(|| {
+                            (k == 4)
+                                .then(|| {
+                                    attr("messaging.system")
+                                        .or_else(|| attr("messaging.destination.name"))
+                                        .or_else(|| attr("messaging.destination"))
+                                        .map(|p| (p, 3))
+                                })
+                                .flatten()
+                        })
+                        .or_else(|| {
+                            attr("server.address")
+                                .or_else(|| attr("net.peer.name"))
+                                .map(|p| (p, other))
+                        }),
                 };
-                let found: Option<(String, u8)> = attr("peer.service")
-                    .map(|p| (p.to_string(), other))
-                    .or_else(|| {
-                        (remote[i] != NONE).then(|| (self.names[remote[i] as usize].clone(), other))
-                    })
-                    .or_else(|| {
-                        attr("db.name")
-                            .or_else(|| attr("db.system"))
-                            .map(|p| (p.to_string(), 2))
-                    })
-                    .or_else(|| {
-                        (k == 4)
-                            .then(|| {
-                                attr("messaging.system")
-                                    .or_else(|| attr("messaging.destination.name"))
-                                    .or_else(|| attr("messaging.destination"))
-                                    .map(|p| (p.to_string(), 3))
-                            })
-                            .flatten()
-                    })
-                    .or_else(|| {
-                        attr("server.address")
-                            .or_else(|| attr("net.peer.name"))
-                            .map(|p| (p.to_string(), other))
-                    })
-                    .or_else(|| meshlens_ingest_cluster_host(&cl).map(|h| (h.to_string(), other)));
-                match found {
-                    Some((p, c)) => (self.intern(&p), c),
+                match named {
+                    Some((p, c)) => (self.intern(p), c),
+                    None if remote[i] != NONE => (remote[i], other),
+                    None if cluster[i] != NONE => (self.cluster_host(cluster[i]), other),
                     None => (NONE, 1),
                 }
             } else {
                 let conn: u8 = if k == 5 { 3 } else { 1 };
-                let named = if remote[i] != NONE {
-                    Some(self.names[remote[i] as usize].clone())
+                if remote[i] != NONE {
+                    (remote[i], conn)
                 } else if k == 5 {
-                    attr("messaging.system").map(str::to_string)
+                    (
+                        attr("messaging.system").map_or(NONE, |v| self.intern(v)),
+                        conn,
+                    )
                 } else {
-                    None
-                };
-                match named {
-                    Some(p) => (self.intern(&p), conn),
-                    None => (NONE, conn),
+                    (NONE, conn)
                 }
             };
-            let code = code_num.map(|c| c.to_string()).unwrap_or_default();
+            let code = match code_num {
+                Some(c) => self.code_id(c),
+                None => NONE,
+            };
             let half = Half {
                 svc: svc[i],
-                ns: ns.map(|s| self.intern(&s)).unwrap_or(NONE),
-                ver: ver.map(|s| self.intern(&s)).unwrap_or(NONE),
+                ns,
+                ver,
                 secs: (!dur.is_null(i)).then(|| dur.value(i) as f64 / 1e9),
                 failed,
-                code: self.intern(&code),
+                code,
                 flags: if flags[i] == dash { NONE } else { flags[i] },
                 peer,
                 peer_conn,

@@ -174,7 +174,7 @@ fn quantiles_into(
         let Some(le) = s
             .labels
             .get("le")
-            .and_then(|v| crate::promql::functions::parse_le(v))
+            .and_then(crate::promql::functions::parse_le)
         else {
             continue;
         };
