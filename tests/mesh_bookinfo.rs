@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Server, client, required_tool, temp_dir};
+use common::{Server, client, required_tool, temp_dir, topology_edges};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -47,20 +47,9 @@ async fn topology(srv: &Server, q: &str) -> (Edges, Value) {
         .unwrap();
     assert!(r.status().is_success(), "{q}: {}", r.status());
     let t: Value = r.json().await.unwrap();
-    let edges = t["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                (
-                    e["requests"].as_f64().unwrap(),
-                    (e["error_ratio"].as_f64().unwrap() * 1e6).round() / 1e6,
-                    e["flags"]["fault_injection"].as_bool().unwrap(),
-                ),
-            )
-        })
+    let edges = topology_edges(&t)
+        .into_iter()
+        .map(|(id, (n, r5, fi))| (id, (n, (r5 * 1e6).round() / 1e6, fi)))
         .collect();
     (edges, t)
 }

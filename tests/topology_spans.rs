@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Server, client, temp_dir};
+use common::{Server, client, temp_dir, topology_edges};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -404,21 +404,7 @@ async fn spans_become_service_graph_series_topology_and_red() {
 
     // Topology from spans, app graph: exact request counts per edge.
     let t = get_json(&srv, "/api/topology?source=spans&graph=app&window=10m").await;
-    let edges: BTreeMap<String, (f64, f64, bool)> = t["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                (
-                    e["requests"].as_f64().unwrap(),
-                    e["error_ratio"].as_f64().unwrap(),
-                    e["flags"]["fault_injection"].as_bool().unwrap(),
-                ),
-            )
-        })
-        .collect();
+    let edges = topology_edges(&t);
     let r5 = jason_on_ratings as f64 / 20.0;
     let want: BTreeMap<String, (f64, f64, bool)> = [
         (
@@ -494,21 +480,7 @@ async fn spans_become_service_graph_series_topology_and_red() {
     )
     .await;
     assert_eq!(ex["exact"], true);
-    let exact_edges: BTreeMap<String, (f64, f64, bool)> = ex["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                (
-                    e["requests"].as_f64().unwrap(),
-                    e["error_ratio"].as_f64().unwrap(),
-                    e["flags"]["fault_injection"].as_bool().unwrap(),
-                ),
-            )
-        })
-        .collect();
+    let exact_edges = topology_edges(&ex);
     assert!(
         close(&exact_edges),
         "exact recompute\n got {exact_edges:#?}\nwant {want:#?}"

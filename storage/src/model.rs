@@ -260,6 +260,18 @@ impl StatusCode {
     }
 }
 
+/// The host of an Istio outbound cluster name, as Envoy's `upstream_cluster`
+/// tag and cluster stats carry it:
+/// `outbound|9080|v1|reviews.default.svc.cluster.local` -> the host part.
+pub fn istio_cluster_host(cluster: &str) -> Option<&str> {
+    let mut parts = cluster.split('|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let host = parts.nth(2)?;
+    (!host.is_empty()).then_some(host)
+}
+
 /// A network endpoint as Zipkin models it. All fields optional.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Endpoint {

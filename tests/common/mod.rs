@@ -304,3 +304,25 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// Per topology edge (`/api/topology` answer): id -> (requests, error
+/// ratio, fault-injection flag).
+pub fn topology_edges(
+    t: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (f64, f64, bool)> {
+    t["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().expect("id").to_string(),
+                (
+                    e["requests"].as_f64().expect("requests"),
+                    e["error_ratio"].as_f64().expect("error_ratio"),
+                    e["flags"]["fault_injection"].as_bool().expect("flags"),
+                ),
+            )
+        })
+        .collect()
+}

@@ -184,10 +184,26 @@ struct Half {
     flags: Option<String>,
     peer: Option<(String, &'static str)>,
     messaging: bool,
+    ids: SpanIds,
+    mult: f64,
+}
+
+/// What an exemplar names of a span.
+#[derive(Clone, Copy, Debug)]
+struct SpanIds {
     trace_id: TraceId,
     trace_64: bool,
     span_id: SpanId,
-    mult: f64,
+}
+
+impl SpanIds {
+    fn of(s: &Span) -> SpanIds {
+        SpanIds {
+            trace_id: s.trace_id,
+            trace_64: s.trace_id_64,
+            span_id: s.span_id,
+        }
+    }
 }
 
 /// What both derivations read from a span, computed once.
@@ -260,11 +276,11 @@ pub struct Deriver {
     telemetry: Option<Telemetry>,
 }
 
-fn exemplar(h: &Half, value: f64, ts: i64) -> RawExemplar {
+fn exemplar(ids: &SpanIds, value: f64, ts: i64) -> RawExemplar {
     RawExemplar {
-        trace_id: h.trace_id,
-        trace_64: h.trace_64,
-        span_id: h.span_id,
+        trace_id: ids.trace_id,
+        trace_64: ids.trace_64,
+        span_id: ids.span_id,
         value,
         timestamp_ms: ts,
     }
@@ -395,26 +411,13 @@ impl Deriver {
                 latency: Histogram::new(LATENCY, &base, cfg.span_buckets.clone()),
             }
         });
-        let half = Half {
-            service: String::new(),
-            dims: vec![],
-            seconds: None,
-            failed,
-            code: None,
-            flags: None,
-            peer: None,
-            messaging: false,
-            trace_id: s.trace_id,
-            trace_64: s.trace_id_64,
-            span_id: s.span_id,
-            mult,
-        };
-        entry.calls.add(mult, Some(exemplar(&half, mult, now)));
+        let ids = SpanIds::of(s);
+        entry.calls.add(mult, Some(exemplar(&ids, mult, now)));
         if let Some(d) = s.duration_nanos {
             let secs = d as f64 / 1e9;
             entry
                 .latency
-                .observe(secs, mult, Some(exemplar(&half, secs, now)));
+                .observe(secs, mult, Some(exemplar(&ids, secs, now)));
         }
     }
 
@@ -433,9 +436,7 @@ impl Deriver {
                 _ => span_info::server_peer(s),
             },
             messaging: matches!(s.kind, SpanKind::Producer | SpanKind::Consumer),
-            trace_id: s.trace_id,
-            trace_64: s.trace_id_64,
-            span_id: s.span_id,
+            ids: SpanIds::of(s),
             mult: facts.mult,
         }
     }
@@ -628,23 +629,27 @@ impl Deriver {
             }
         });
         let ex_half = server.or(client).unwrap_or(any);
-        entry.total.add(mult, Some(exemplar(ex_half, mult, now)));
+        entry
+            .total
+            .add(mult, Some(exemplar(&ex_half.ids, mult, now)));
         if failed {
-            entry.failed.add(mult, Some(exemplar(ex_half, mult, now)));
+            entry
+                .failed
+                .add(mult, Some(exemplar(&ex_half.ids, mult, now)));
         }
         if let Some(s) = server
             && let Some(secs) = s.seconds
         {
             entry
                 .server
-                .observe(secs, mult, Some(exemplar(s, secs, now)));
+                .observe(secs, mult, Some(exemplar(&s.ids, secs, now)));
         }
         if let Some(c) = client
             && let Some(secs) = c.seconds
         {
             entry
                 .client
-                .observe(secs, mult, Some(exemplar(c, secs, now)));
+                .observe(secs, mult, Some(exemplar(&c.ids, secs, now)));
         }
 
         // Response code (what the client saw, else the server) and the

@@ -2,6 +2,7 @@
 //! dimensions, the peer of an unpaired half, and the sampling multiplier.
 
 use super::DeriveConfig;
+pub use meshlens_storage::model::istio_cluster_host;
 use meshlens_storage::model::{AttrValue, Span, SpanKind, StatusCode};
 
 /// A span attribute as a string, falling back to the resource.
@@ -45,17 +46,6 @@ pub fn response_flags(span: &Span) -> Option<&str> {
     span.attr_str("response_flags")
         .map(str::trim)
         .filter(|f| !f.is_empty() && *f != "-")
-}
-
-/// `outbound|9080|v1|reviews.default.svc.cluster.local` -> the host part.
-pub fn istio_cluster_host(cluster: &str) -> Option<&str> {
-    let mut parts = cluster.split('|');
-    let dir = parts.next()?;
-    if dir != "outbound" {
-        return None;
-    }
-    let host = parts.nth(2)?;
-    (!host.is_empty()).then_some(host)
 }
 
 /// The virtual node an unpaired client (or producer) half calls, and the

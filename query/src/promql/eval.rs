@@ -666,34 +666,25 @@ pub fn arg_position(query: &str, func: &str, arg: usize) -> Option<String> {
         i += 1;
         let (mut depth, mut k) = (0i32, 0usize);
         let mut arg_start = skip_ws(i);
-        let mut quote: Option<u8> = None;
         while i < b.len() {
             let c = b[i];
-            if let Some(q) = quote {
-                if c == b'\\' {
-                    i += 1;
-                } else if c == q {
-                    quote = None;
-                }
-            } else {
-                match c {
-                    b'"' | b'\'' | b'`' => quote = Some(c),
-                    b'(' | b'[' | b'{' => depth += 1,
-                    b')' | b']' | b'}' => {
-                        if depth == 0 {
-                            break;
-                        }
-                        depth -= 1;
+            match c {
+                b'"' | b'\'' | b'`' => i = super::string_end(b, i),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    if depth == 0 {
+                        break;
                     }
-                    b',' if depth == 0 => {
-                        if k == arg {
-                            break;
-                        }
-                        k += 1;
-                        arg_start = skip_ws(i + 1);
-                    }
-                    _ => {}
+                    depth -= 1;
                 }
+                b',' if depth == 0 => {
+                    if k == arg {
+                        break;
+                    }
+                    k += 1;
+                    arg_start = skip_ws(i + 1);
+                }
+                _ => {}
             }
             i += 1;
         }

@@ -386,6 +386,23 @@ pub const MAX_NESTING: usize = 256;
 /// Most operators a query may have (each can add a level to the tree).
 pub const MAX_OPERATORS: usize = 1000;
 
+/// The index of the quote closing the string literal that starts at `i`
+/// (`"..."` and `'...'` with backslash escapes, raw `` `...` `` without), or
+/// the end of the text. Scanners of query text use it to skip strings.
+pub(crate) fn string_end(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    let mut j = i + 1;
+    while j < b.len() {
+        if b[j] == b'\\' && q != b'`' {
+            j += 1;
+        } else if b[j] == q {
+            return j;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
 /// Parsing and evaluation recurse over the expression tree, so a hostile
 /// query (10,000 nested parentheses, a chain of 100,000 `+`) would overflow
 /// the thread's stack and abort the process. Bound the tree's depth from the
@@ -394,41 +411,31 @@ pub const MAX_OPERATORS: usize = 1000;
 fn check_depth(query: &str) -> Result<(), QueryError> {
     let b = query.as_bytes();
     let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
-    let mut quote: Option<u8> = None;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if let Some(q) = quote {
-            if c == b'\\' && q != b'`' {
-                i += 1;
-            } else if c == q {
-                quote = None;
+        match c {
+            b'"' | b'\'' | b'`' => i = string_end(b, i),
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
             }
-        } else {
-            match c {
-                b'"' | b'\'' | b'`' => quote = Some(c),
-                b'(' | b'[' | b'{' => {
-                    depth += 1;
-                    max_depth = max_depth.max(depth);
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' => ops += 1,
+            c if c.is_ascii_alphabetic() => {
+                let start = i;
+                while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'_') {
+                    i += 1;
                 }
-                b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-                b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' => ops += 1,
-                c if c.is_ascii_alphabetic() => {
-                    let start = i;
-                    while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'_')
-                    {
-                        i += 1;
-                    }
-                    let word = &query[start..=i];
-                    if ["and", "or", "unless", "atan2"]
-                        .iter()
-                        .any(|k| word.eq_ignore_ascii_case(k))
-                    {
-                        ops += 1;
-                    }
+                let word = &query[start..=i];
+                if ["and", "or", "unless", "atan2"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+                {
+                    ops += 1;
                 }
-                _ => {}
             }
+            _ => {}
         }
         i += 1;
     }

@@ -16,6 +16,7 @@ use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StringArray}
 use arrow::datatypes::{DataType, Int32Type};
 use datafusion::prelude::{col, lit};
 use futures::StreamExt;
+use meshlens_storage::model::istio_cluster_host;
 use std::collections::HashMap;
 
 /// The columns the recompute reads.
@@ -201,7 +202,7 @@ impl Pairer {
         if let Some(&h) = self.hosts.get(&cluster) {
             return h;
         }
-        let host = meshlens_ingest_cluster_host(&self.names[cluster as usize]).map(str::to_string);
+        let host = istio_cluster_host(&self.names[cluster as usize]).map(str::to_string);
         let h = host.map_or(NONE, |h| self.intern(&h));
         self.hosts.insert(cluster, h);
         h
@@ -482,16 +483,6 @@ impl Pairer {
         });
         out
     }
-}
-
-/// `outbound|9080|v1|reviews.default.svc.cluster.local` -> the host.
-fn meshlens_ingest_cluster_host(c: &str) -> Option<&str> {
-    let mut p = c.split('|');
-    if p.next()? != "outbound" {
-        return None;
-    }
-    let host = p.nth(2)?;
-    (!host.is_empty()).then_some(host)
 }
 
 /// Runs the recompute over `[start_ms, end_ms]` (span start times).

@@ -107,8 +107,8 @@ impl Ident {
             node_type: t,
             ident,
         };
-        if self.unknown {
-            return mk(
+        let unknown = || {
+            mk(
                 "unknown".into(),
                 "unknown",
                 "unknown",
@@ -116,7 +116,10 @@ impl Ident {
                     unknown: true,
                     ..Default::default()
                 },
-            );
+            )
+        };
+        if self.unknown {
+            return unknown();
         }
         if self.virtual_node {
             let name = known(&self.service)
@@ -189,15 +192,7 @@ impl Ident {
             } else if let Some(a) = known(&self.app) {
                 app_node(a, None)
             } else {
-                mk(
-                    "unknown".into(),
-                    "unknown",
-                    "unknown",
-                    Ident {
-                        unknown: true,
-                        ..Default::default()
-                    },
-                )
+                unknown()
             }
         };
         match g {

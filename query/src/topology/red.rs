@@ -97,14 +97,7 @@ pub async fn services(cx: &Ctx) -> Result<BTreeMap<String, ServiceInfo>, TopoErr
             continue;
         };
         let ns = l.get("namespace").unwrap_or("");
-        let name = match svc.split_once('.') {
-            Some((a, rest))
-                if !ns.is_empty() && (rest == ns || rest.starts_with(&format!("{ns}."))) =>
-            {
-                a
-            }
-            _ => svc,
-        };
+        let name = super::sources::span_app(svc, ns);
         let version = l.get("version");
         let wl = version
             .filter(|v| !v.is_empty())
@@ -210,17 +203,6 @@ struct RedSpec {
     scale: &'static str,
 }
 
-fn re_escape(s: &str) -> String {
-    let mut o = String::new();
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            o.push_str("\\\\");
-        }
-        o.push(c);
-    }
-    o
-}
-
 fn spec(
     source: &str,
     name: &str,
@@ -276,7 +258,7 @@ fn spec(
             bucket: "traces_spanmetrics_latency_bucket",
             sel: format!(
                 "service=~\"{}(\\\\..*)?\",span_kind=\"{}\"",
-                re_escape(name),
+                super::sources::regex_escape(name),
                 if inbound {
                     "SPAN_KIND_SERVER"
                 } else {

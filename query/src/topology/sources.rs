@@ -121,6 +121,50 @@ fn istio_node_sel(n: &NodeRef, source_side: bool) -> Vec<String> {
     v
 }
 
+/// The selectors behind an edge's figures (each `metric{matchers}`).
+struct FigureSelectors<'a> {
+    /// The request counter.
+    total: String,
+    /// Failed (5xx) and 4xx requests.
+    errors: String,
+    errors_4xx: String,
+    /// Duration buckets, and the factor that makes their quantiles ms.
+    buckets: String,
+    scale: &'a str,
+    /// `sum by (...)` labels and selector of the response breakdown.
+    responses: (&'a str, String),
+}
+
+/// The PromQL per figure of an edge: the same shape for every source.
+fn figure_queries(f: FigureSelectors, w: &str) -> BTreeMap<&'static str, String> {
+    let rate = format!("sum(rate({}[{w}]))", f.total);
+    let mut m = BTreeMap::new();
+    m.insert(
+        "error_ratio",
+        format!("sum(rate({}[{w}])) / {rate}", f.errors),
+    );
+    m.insert(
+        "error_ratio_4xx",
+        format!("sum(rate({}[{w}])) / {rate}", f.errors_4xx),
+    );
+    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
+        m.insert(
+            k,
+            format!(
+                "histogram_quantile({qn}, sum by (le) (rate({}[{w}]))){}",
+                f.buckets, f.scale
+            ),
+        );
+    }
+    m.insert("requests", format!("sum(increase({}[{w}]))", f.total));
+    m.insert(
+        "responses",
+        format!("sum by ({}) (rate({}[{w}]))", f.responses.0, f.responses.1),
+    );
+    m.insert("rate", rate);
+    m
+}
+
 fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str, String> {
     let reporter = if src.node_type == "unknown" {
         "destination"
@@ -131,34 +175,18 @@ fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
     sel.extend(istio_node_sel(src, true));
     sel.extend(istio_node_sel(dst, false));
     let sel = sel.join(",");
-    let rate = format!("sum(rate(istio_requests_total{{{sel}}}[{w}]))");
-    let mut m = BTreeMap::new();
-    m.insert(
-        "error_ratio",
-        format!("sum(rate(istio_requests_total{{{sel},response_code=~\"5..\"}}[{w}])) / {rate}"),
-    );
-    m.insert(
-        "error_ratio_4xx",
-        format!("sum(rate(istio_requests_total{{{sel},response_code=~\"4..\"}}[{w}])) / {rate}"),
-    );
-    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
-        m.insert(
-            k,
-            format!("histogram_quantile({qn}, sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{w}])))"),
-        );
-    }
-    m.insert(
-        "requests",
-        format!("sum(increase(istio_requests_total{{{sel}}}[{w}]))"),
-    );
-    m.insert(
-        "responses",
-        format!(
-            "sum by (response_code, response_flags) (rate(istio_requests_total{{{sel}}}[{w}]))"
-        ),
-    );
-    m.insert("rate", rate);
-    m
+    let counter = |extra: &str| format!("istio_requests_total{{{sel}{extra}}}");
+    figure_queries(
+        FigureSelectors {
+            total: counter(""),
+            errors: counter(",response_code=~\"5..\""),
+            errors_4xx: counter(",response_code=~\"4..\""),
+            buckets: format!("istio_request_duration_milliseconds_bucket{{{sel}}}"),
+            scale: "",
+            responses: ("response_code, response_flags", counter("")),
+        },
+        w,
+    )
 }
 
 /// p50/p95/p99 per edge from bucket rates (`le` plus the group labels), as
@@ -309,13 +337,8 @@ pub async fn istio(
 
 /// `outbound|9080|v1|reviews.default.svc.cluster.local` -> (service, namespace, subset).
 pub fn parse_istio_cluster(c: &str) -> Option<(String, String, String)> {
-    let mut p = c.split('|');
-    if p.next()? != "outbound" {
-        return None;
-    }
-    let _port = p.next()?;
-    let subset = p.next().unwrap_or("").to_string();
-    let host = p.next()?;
+    let host = meshlens_storage::model::istio_cluster_host(c)?;
+    let subset = c.split('|').nth(2).unwrap_or("").to_string();
     let mut parts = host.split('.');
     let svc = parts.next()?.to_string();
     let ns = parts.next().unwrap_or("").to_string();
@@ -417,37 +440,22 @@ fn envoy_queries(
         "{cl}=~\"outbound\\\\|[^|]*\\\\|{subset}\\\\|{host}(\\\\..*)?\""
     ));
     let sel = sel.join(",");
-    let hsel = sel.clone();
-    let sel = format!("{sel},{code}!=\"\"");
-    let rate = format!("sum(rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))");
-    let mut m = BTreeMap::new();
-    m.insert(
-        "error_ratio",
-        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},{code}=~\"5..\"}}[{w}])) / {rate}"),
-    );
-    m.insert(
-        "error_ratio_4xx",
-        format!("sum(rate(envoy_cluster_upstream_rq{{{sel},{code}=~\"4..\"}}[{w}])) / {rate}"),
-    );
-    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
-        m.insert(
-            k,
-            format!("histogram_quantile({qn}, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{{{hsel}}}[{w}])))"),
-        );
-    }
-    m.insert(
-        "requests",
-        format!("sum(increase(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
-    );
-    m.insert(
-        "responses",
-        format!("sum by ({code}) (rate(envoy_cluster_upstream_rq{{{sel}}}[{w}]))"),
-    );
-    m.insert("rate", rate);
-    m
+    let counter = |extra: &str| format!("envoy_cluster_upstream_rq{{{sel},{code}!=\"\"{extra}}}");
+    figure_queries(
+        FigureSelectors {
+            total: counter(""),
+            errors: counter(&format!(",{code}=~\"5..\"")),
+            errors_4xx: counter(&format!(",{code}=~\"4..\"")),
+            buckets: format!("envoy_cluster_upstream_rq_time_bucket{{{sel}}}"),
+            scale: "",
+            responses: (code, counter("")),
+        },
+        w,
+    )
 }
 
-fn regex_escape(s: &str) -> String {
+/// `s` as a regex literal inside a PromQL double-quoted string.
+pub(super) fn regex_escape(s: &str) -> String {
     let mut o = String::new();
     for c in s.chars() {
         if "\\.+*?()|[]{}^$".contains(c) {
@@ -547,6 +555,20 @@ pub async fn envoy(
     ))
 }
 
+/// The app of a span service name: Istio proxies report `<app>.<namespace>`
+/// (or the service's FQDN); the namespace dimension says which part to drop.
+pub(super) fn span_app<'a>(name: &'a str, ns: &str) -> &'a str {
+    match name.split_once('.') {
+        Some((a, rest))
+            if !ns.is_empty()
+                && (rest == ns || rest.strip_prefix(ns).is_some_and(|r| r.starts_with('.'))) =>
+        {
+            a
+        }
+        _ => name,
+    }
+}
+
 /// A span service name to an identity: Istio proxies report
 /// `<app>.<namespace>`; the `namespace`/`version` dimensions say the rest.
 pub fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Ident {
@@ -563,13 +585,8 @@ pub fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Id
             ..Default::default()
         };
     }
-    let (app, ns) = match (ns.is_empty(), name.split_once('.')) {
-        (false, Some((a, rest))) if rest == ns || rest.starts_with(&format!("{ns}.")) => {
-            (a.to_string(), ns.to_string())
-        }
-        (false, _) => (name.to_string(), ns.to_string()),
-        (true, _) => (name.to_string(), String::new()),
-    };
+    let app = span_app(name, ns).to_string();
+    let ns = ns.to_string();
     let workload = if version.is_empty() {
         app.clone()
     } else {
@@ -641,32 +658,23 @@ fn span_queries(
     let mut sel = side(src, "client");
     sel.extend(side(dst, "server"));
     let sel = sel.join(",");
-    let rate = format!("sum(rate(traces_service_graph_request_total{{{sel}}}[{w}]))");
-    let mut m = BTreeMap::new();
-    m.insert(
-        "error_ratio",
-        format!("sum(rate(traces_service_graph_request_failed_total{{{sel}}}[{w}])) / {rate}"),
-    );
-    m.insert(
-        "error_ratio_4xx",
-        format!("sum(rate(meshlens_service_graph_responses_total{{{sel},response_code=~\"4..\"}}[{w}])) / {rate}"),
-    );
-    for (k, qn) in [("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")] {
-        m.insert(
-            k,
-            format!("histogram_quantile({qn}, sum by (le) (rate(traces_service_graph_request_server_seconds_bucket{{{sel}}}[{w}]))) * 1000"),
-        );
-    }
-    m.insert(
-        "requests",
-        format!("sum(increase(traces_service_graph_request_total{{{sel}}}[{w}]))"),
-    );
-    m.insert(
-        "responses",
-        format!("sum by (response_code, response_flags) (rate(meshlens_service_graph_responses_total{{{sel}}}[{w}]))"),
-    );
-    m.insert("rate", rate);
-    m
+    let total = format!("traces_service_graph_request_total{{{sel}}}");
+    figure_queries(
+        FigureSelectors {
+            errors: format!("traces_service_graph_request_failed_total{{{sel}}}"),
+            errors_4xx: format!(
+                "meshlens_service_graph_responses_total{{{sel},response_code=~\"4..\"}}"
+            ),
+            buckets: format!("traces_service_graph_request_server_seconds_bucket{{{sel}}}"),
+            scale: " * 1000",
+            responses: (
+                "response_code, response_flags",
+                format!("meshlens_service_graph_responses_total{{{sel}}}"),
+            ),
+            total,
+        },
+        w,
+    )
 }
 
 /// The graph from the service-graph series derived from spans.
