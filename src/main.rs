@@ -1,5 +1,7 @@
-//! The `meshlens` binary: parses the command line and hands over to `serve`.
+//! The `meshlens` binary: parses the command line and hands over to `serve`
+//! or `demo`.
 
+mod demo;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the server: receivers, storage and query APIs.
     Serve(serve::ServeArgs),
+    /// Run the server fed by a simulated Istio Bookinfo mesh (spans, sidecar
+    /// metrics, switchable scenarios): everything meshlens does, in one command.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     }
 }

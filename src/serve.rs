@@ -17,14 +17,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Settings shared by `serve` and (later) `demo`. Every flag has a
-/// `MESHLENS_*` environment variable.
+/// Settings shared by `serve` and `demo`. Every flag has a `MESHLENS_*`
+/// environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Where the WAL, Parquet files and manifest live.
-    #[arg(long, env = "MESHLENS_DATA_DIR", default_value = "./meshlens-data")]
-    pub data_dir: PathBuf,
-    /// Zipkin API (ingest and query), metrics and (later) the web page.
+    /// Where the WAL, Parquet files and manifest live [default: ./meshlens-data;
+    /// for `demo`, ./meshlens-demo-data].
+    #[arg(long, env = "MESHLENS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Zipkin API (ingest and query), Prometheus API, meshlens's own APIs.
     #[arg(long, env = "MESHLENS_HTTP_ADDR", default_value = "0.0.0.0:9411")]
     pub http_addr: SocketAddr,
     /// OTLP over gRPC (TraceService/Export, MetricsService/Export).
@@ -119,8 +120,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./meshlens-data"))
+    }
+
     fn storage_config(&self) -> StorageConfig {
-        let mut cfg = StorageConfig::new(&self.data_dir);
+        let mut cfg = StorageConfig::new(self.data_dir());
         cfg.retention = self.retention;
         cfg.flush_age = self.flush_interval;
         cfg.flush_rows = self.flush_rows;
@@ -190,12 +197,40 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Runs once the server's own ports are bound (so whatever it binds cannot
+/// take them), before scraping starts; may return the scrape configuration.
+pub type Prepare = Box<
+    dyn FnOnce() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<Option<PathBuf>>> + Send>,
+        > + Send,
+>;
+
+/// What `demo` adds to a server: more HTTP routes, a preparation step after
+/// the listeners are bound, and a callback once they serve.
+pub struct Extension {
+    pub router: axum::Router,
+    pub prepare: Prepare,
+    pub on_ready: Box<dyn FnOnce(Ready) + Send>,
+}
+
+/// The addresses a server actually listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub http: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub otlp_grpc: SocketAddr,
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    run_with(args, None).await
+}
+
+pub async fn run_with(args: ServeArgs, extension: Option<Extension>) -> anyhow::Result<()> {
     let derive_config = args.derive_config()?;
     let telemetry = Telemetry::new();
     let storage = Storage::open(args.storage_config(), telemetry)
         .await
-        .with_context(|| format!("cannot open storage in {}", args.data_dir.display()))?;
+        .with_context(|| format!("cannot open storage in {}", args.data_dir().display()))?;
 
     let mut ingest = IngestState::new(
         storage.clone(),
@@ -224,13 +259,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let otlp_grpc = bind(args.otlp_grpc_addr, "OTLP/gRPC").await?;
     tracing::info!(
         http = %http.local_addr()?, otlp_http = %otlp_http.local_addr()?, otlp_grpc = %otlp_grpc.local_addr()?,
-        data_dir = %args.data_dir.display(), "meshlens is serving"
+        data_dir = %args.data_dir().display(), "meshlens is serving"
     );
+
+    let (mut extension, mut scrape_file) = (extension, args.scrape_config.clone());
+    if let Some(e) = extension.as_mut() {
+        let prepare = std::mem::replace(&mut e.prepare, Box::new(|| Box::pin(async { Ok(None) })));
+        if let Some(f) = prepare().await? {
+            scrape_file = Some(f);
+        }
+    }
 
     // Scraping: the user's file (if any) plus meshlens's own /metrics.
     let http_local = http.local_addr()?;
     let source = ConfigSource {
-        file: args.scrape_config.clone(),
+        file: scrape_file,
         self_target: (!args.no_self_scrape).then(|| format!("127.0.0.1:{}", http_local.port())),
     };
     let sink: Arc<dyn SampleSink> = Arc::new(storage.samples().clone());
@@ -270,6 +313,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .merge(meshlens_ingest::remote_write_router(ingest.clone()))
         .merge(meshlens_ingest::scrape::router(scraper.clone()))
         .merge(meshlens_query::router(query));
+    let (http_app, on_ready) = match extension {
+        Some(e) => (http_app.merge(e.router), Some(e.on_ready)),
+        None => (http_app, None),
+    };
+    let ready = Ready {
+        http: http.local_addr()?,
+        otlp_http: otlp_http.local_addr()?,
+        otlp_grpc: otlp_grpc.local_addr()?,
+    };
     // Small responses must not wait for delayed ACKs.
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -299,6 +351,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .add_service(meshlens_ingest::otlp_metrics_grpc_service(ingest.clone()))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
+
+    if let Some(f) = on_ready {
+        f(ready);
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down: closing listeners, then flushing buffered spans");

@@ -52,6 +52,8 @@ pub fn required_tool(var: &str) -> Option<String> {
 
 pub struct Server {
     child: Option<Child>,
+    /// `serve` or `demo`.
+    command: &'static str,
     pub data_dir: PathBuf,
     pub http_port: u16,
     pub otlp_http_port: u16,
@@ -66,8 +68,23 @@ impl Server {
 
     /// Like [`Server::start`] with a chosen HTTP port.
     pub fn start_on(data_dir: &Path, http_port: u16, extra: &[&str]) -> Server {
+        Server::start_command("serve", data_dir, http_port, extra)
+    }
+
+    /// `meshlens demo` (the simulated Bookinfo mesh) on free ports.
+    pub fn start_demo(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_command("demo", data_dir, free_port(), extra)
+    }
+
+    fn start_command(
+        command: &'static str,
+        data_dir: &Path,
+        http_port: u16,
+        extra: &[&str],
+    ) -> Server {
         let mut s = Server {
             child: None,
+            command,
             data_dir: data_dir.to_path_buf(),
             http_port,
             otlp_http_port: free_port(),
@@ -85,7 +102,7 @@ impl Server {
             .open(self.data_dir.with_extension("log"))
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_meshlens"))
-            .arg("serve")
+            .arg(self.command)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--http-addr")

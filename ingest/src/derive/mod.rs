@@ -47,8 +47,12 @@ pub const SPAN_BUCKETS: &[f64] = &[
     0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
     16.384,
 ];
-/// Tempo's default service-graph buckets (seconds).
-pub const GRAPH_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8];
+/// Service-graph latency buckets (seconds): Istio's request-duration
+/// buckets. Tempo's default (0.1 .. 12.8 s) puts every sub-100 ms mesh call
+/// in its first bucket, so its p50 of a 1 ms call reads 50 ms.
+pub const GRAPH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// An extra label taken from the first of several span (then resource)
 /// attributes, e.g. `version=istio.canonical_revision|service.version`.

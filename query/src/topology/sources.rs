@@ -579,6 +579,20 @@ pub fn span_ident(name: &str, ns: &str, version: &str, virtual_node: bool) -> Id
         };
     }
     if virtual_node {
+        // A call that never reached a workload, named by its Kubernetes
+        // service (an Envoy `upstream_cluster` host): the service node, as
+        // Istio's metrics show it (destination_workload="unknown").
+        if let Some((svc, svc_ns)) = name
+            .strip_suffix(".svc.cluster.local")
+            .and_then(|h| h.split_once('.'))
+            .filter(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'))
+        {
+            return Ident {
+                namespace: svc_ns.to_string(),
+                service: svc.to_string(),
+                ..Default::default()
+            };
+        }
         return Ident {
             service: name.to_string(),
             virtual_node: true,
