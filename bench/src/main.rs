@@ -12,6 +12,7 @@ mod metrics;
 mod metrics_gen;
 mod otlp;
 mod promql;
+mod sim;
 mod spangen;
 mod topology;
 
@@ -100,6 +101,17 @@ enum Cmd {
         rps: f64,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// The Bookinfo simulator as a load generator: requests/s sustained and
+    /// the share of one core it takes (to a null sink, or `--target
+    /// HTTP_ADDR[,OTLP_HTTP_ADDR]` of a running meshlens).
+    Sim {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Posts Zipkin JSON to a running meshlens for a while.
     Send {
@@ -590,6 +602,14 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(ingest(format, seconds, concurrency, batch, dir, derive)),
+        Cmd::Sim {
+            rate,
+            seconds,
+            target,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(sim::run(rate, seconds, target)),
         Cmd::TopologyMesh {
             dir,
             services,

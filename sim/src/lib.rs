@@ -21,7 +21,7 @@ pub mod stats;
 pub mod traffic;
 
 pub use scenario::Scenario;
-pub use traffic::{Batch, Generator};
+pub use traffic::{Batch, Generator, ZipkinPost};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -281,15 +281,12 @@ impl Simulator {
         let c = &self.inner.counters;
         c.requests.fetch_add(batch.requests, Ordering::Relaxed);
         let mut posts = Vec::new();
-        for (body, n) in batch.zipkin.into_iter().zip(batch.zipkin_spans) {
-            if n == 0 {
-                continue;
-            }
+        for p in batch.zipkin {
             let rq = client
                 .post(&sink.zipkin_url)
                 .header("content-type", "application/json")
-                .body(body);
-            posts.push((n, rq));
+                .body(p.body);
+            posts.push((p.spans, rq));
         }
         if !batch.otlp.is_empty() {
             let n = batch.otlp.len();

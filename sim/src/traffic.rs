@@ -58,13 +58,21 @@ struct SdkRec {
     dur: i64,
 }
 
+/// Most spans in one Zipkin POST (a proxy flushes its buffer in pieces).
+pub const MAX_SPANS_PER_POST: usize = 500;
+
+/// One Zipkin JSON v2 POST body from one sidecar.
+#[derive(Debug)]
+pub struct ZipkinPost {
+    pub sidecar: W,
+    pub body: String,
+    pub spans: usize,
+}
+
 /// What a batch of requests produced, ready to send.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Per sidecar: the Zipkin JSON v2 array body (empty: nothing to send).
-    pub zipkin: Vec<String>,
-    /// Spans per sidecar in `zipkin`.
-    pub zipkin_spans: Vec<usize>,
+    pub zipkin: Vec<ZipkinPost>,
     /// ratings' SDK spans (OTLP).
     pub otlp: Vec<OSpan>,
     pub requests: u64,
@@ -72,7 +80,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn spans(&self) -> usize {
-        self.zipkin_spans.iter().sum::<usize>() + self.otlp.len()
+        self.zipkin.iter().map(|p| p.spans).sum::<usize>() + self.otlp.len()
     }
 }
 
@@ -107,6 +115,8 @@ pub struct Generator {
     /// fortio -> httpbin requests per Bookinfo request.
     pub fortio_share: f64,
     batch: Batch,
+    /// Per sidecar: the Zipkin body being filled and its span count.
+    open: Vec<(String, usize)>,
     /// Per-service strings used for every span.
     names: Vec<SvcStrings>,
 }
@@ -153,11 +163,8 @@ impl Generator {
             sdk: Vec::with_capacity(4),
             jason_share: 0.25,
             fortio_share: 0.25,
-            batch: Batch {
-                zipkin: vec![String::new(); n],
-                zipkin_spans: vec![0; n],
-                ..Default::default()
-            },
+            batch: Batch::default(),
+            open: vec![(String::new(), 0); n],
             names,
         }
     }
@@ -193,20 +200,23 @@ impl Generator {
             self.finish(&r, end - o.dur);
         }
         self.batch.requests = (n + fortio_n) as u64;
-        for body in &mut self.batch.zipkin {
-            if !body.is_empty() {
-                body.push(']');
-            }
+        for w in 0..self.open.len() {
+            self.seal(w);
         }
-        let n = self.mesh.len();
-        std::mem::replace(
-            &mut self.batch,
-            Batch {
-                zipkin: vec![String::new(); n],
-                zipkin_spans: vec![0; n],
-                ..Default::default()
-            },
-        )
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Closes sidecar `w`'s open body into a POST.
+    fn seal(&mut self, w: W) {
+        let (mut body, spans) = std::mem::take(&mut self.open[w]);
+        if spans > 0 {
+            body.push(']');
+            self.batch.zipkin.push(ZipkinPost {
+                sidecar: w,
+                body,
+                spans,
+            });
+        }
     }
 
     fn request(&mut self) -> Req {
@@ -542,7 +552,7 @@ impl Generator {
         let w = &mesh[s.sidecar];
         let names = &self.names[self.name_index(s.service)];
         let (span_name, cluster) = (names.span_name.as_str(), names.cluster.as_str());
-        let out = &mut self.batch.zipkin[s.sidecar];
+        let out = &mut self.open[s.sidecar].0;
         out.push(if out.is_empty() { '[' } else { ',' });
         let _ = write!(
             out,
@@ -637,7 +647,10 @@ impl Generator {
             w.revision(),
             w.namespace
         );
-        self.batch.zipkin_spans[s.sidecar] += 1;
+        self.open[s.sidecar].1 += 1;
+        if self.open[s.sidecar].1 >= MAX_SPANS_PER_POST {
+            self.seal(s.sidecar);
+        }
     }
 
     fn otlp_span(&self, r: &Req, s: &SdkRec, base: i64) -> OSpan {
@@ -741,17 +754,13 @@ mod tests {
         let mut g = Generator::new(mesh, Arc::clone(&stats), Some(7));
         g.set_scenario(scenario);
         let b = g.generate(n, 1_800_000_000_000_000, 200_000);
-        let spans = b
-            .zipkin
-            .iter()
-            .map(|body| {
-                if body.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::from_str::<Vec<Value>>(body).expect("valid Zipkin JSON")
-                }
-            })
-            .collect();
+        let mut spans = vec![Vec::new(); workloads().len()];
+        for p in &b.zipkin {
+            assert!(p.spans <= MAX_SPANS_PER_POST);
+            let v: Vec<Value> = serde_json::from_str(&p.body).expect("valid Zipkin JSON");
+            assert_eq!(v.len(), p.spans);
+            spans[p.sidecar].extend(v);
+        }
         (spans, b, stats)
     }
 
