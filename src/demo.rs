@@ -122,7 +122,8 @@ details, reviews v1/v2/v3, ratings; fortio -> httpbin) reports to this meshlens:
 Envoy Zipkin spans to {base}/api/v2/spans, ratings' SDK spans over OTLP to :{otlp_port},\n\
 sidecar metrics scraped from /stats/prometheus. Data in {dir}.\n\
 \n\
-  Topology (JSON)        {base}/api/topology?graphType=versionedApp\n\
+  Web page               {base}/\n\
+  Topology (JSON)        {base}/api/topology?graph=versionedApp\n\
   Services and RED       {base}/api/services\n\
   Traces (Zipkin API)    {base}/api/v2/traces?serviceName=productpage.default\n\
   PromQL                 {base}/api/v1/query?query=sum(rate(istio_requests_total[1m]))\n\

@@ -312,7 +312,8 @@ pub async fn run_with(args: ServeArgs, extension: Option<Extension>) -> anyhow::
     let http_app = meshlens_ingest::zipkin_router(ingest.clone())
         .merge(meshlens_ingest::remote_write_router(ingest.clone()))
         .merge(meshlens_ingest::scrape::router(scraper.clone()))
-        .merge(meshlens_query::router(query));
+        .merge(meshlens_query::router(query))
+        .merge(meshlens_ui::router());
     let (http_app, on_ready) = match extension {
         Some(e) => (http_app.merge(e.router), Some(e.on_ready)),
         None => (http_app, None),

@@ -68,7 +68,7 @@ async fn switch(s: &Server, scenario: &str) -> f64 {
 async fn edges(s: &Server, source: &str, start: f64) -> BTreeMap<String, Value> {
     let t = get_json(
         s,
-        &format!("/api/topology?graphType=versionedApp&source={source}&start={start:.3}"),
+        &format!("/api/topology?graph=versionedApp&source={source}&start={start:.3}"),
     )
     .await;
     t["edges"]
@@ -140,8 +140,21 @@ async fn demo_answers_within_a_minute_and_every_scenario_shows_in_the_apis() {
     let s = Server::start_demo(&dir.join("data"), FLAGS);
     let deadline = started + Duration::from_secs(60);
 
-    // 1. Within 60 s: Zipkin API (both span paths), Prometheus API (scraped
+    // 1. Within 60 s: the web page, Zipkin API (both span paths), Prometheus API (scraped
     //    sidecar metrics and derived series), topology.
+    wait_for("the web page", deadline, || async {
+        let resp = client().get(s.url("/")).send().await.map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        if ok && text.contains("/ui/js/app.js") {
+            Ok(())
+        } else {
+            Err(text.chars().take(200).collect())
+        }
+    })
+    .await;
+    let js = client().get(s.url("/ui/js/app.js")).send().await.expect("app.js");
+    assert_eq!(js.status(), 200);
     wait_for("Zipkin services", deadline, || async {
         let v = get_json(&s, "/api/v2/services").await;
         let names: Vec<&str> = v

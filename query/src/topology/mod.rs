@@ -257,7 +257,13 @@ fn thresholds(p: &HashMap<String, String>) -> Result<HealthThresholds, TopoError
 /// Computes the topology for the request's parameters.
 pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Topology, TopoError> {
     let (start, end) = window(p)?;
-    let graph = match p.get("graph").map(String::as_str).filter(|s| !s.is_empty()) {
+    // `graphType` is Kiali's name for it.
+    let graph = match p
+        .get("graph")
+        .or_else(|| p.get("graphType"))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+    {
         None => GraphType::VersionedApp,
         Some(g) => GraphType::parse(g).ok_or_else(|| {
             TopoError::BadRequest(format!(
