@@ -143,7 +143,11 @@ async fn demo_answers_within_a_minute_and_every_scenario_shows_in_the_apis() {
     // 1. Within 60 s: the web page, Zipkin API (both span paths), Prometheus API (scraped
     //    sidecar metrics and derived series), topology.
     wait_for("the web page", deadline, || async {
-        let resp = client().get(s.url("/")).send().await.map_err(|e| e.to_string())?;
+        let resp = client()
+            .get(s.url("/"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
         let ok = resp.status().is_success();
         let text = resp.text().await.map_err(|e| e.to_string())?;
         if ok && text.contains("/ui/js/app.js") {
@@ -153,7 +157,11 @@ async fn demo_answers_within_a_minute_and_every_scenario_shows_in_the_apis() {
         }
     })
     .await;
-    let js = client().get(s.url("/ui/js/app.js")).send().await.expect("app.js");
+    let js = client()
+        .get(s.url("/ui/js/app.js"))
+        .send()
+        .await
+        .expect("app.js");
     assert_eq!(js.status(), 200);
     wait_for("Zipkin services", deadline, || async {
         let v = get_json(&s, "/api/v2/services").await;

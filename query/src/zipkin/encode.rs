@@ -3,7 +3,10 @@
 //! A span that arrived through Zipkin is written back exactly as it was
 //! sent. A span that arrived through OTLP is rendered the way the
 //! OpenTelemetry Zipkin exporter renders it: attributes as string tags,
-//! status as `otel.status_code` / `error`, the scope as `otel.scope.*`.
+//! status as `otel.status_code` / `error`, the scope as `otel.scope.*`,
+//! resource attributes (but `service.name`, the local endpoint) as tags when
+//! the span's own attributes do not use the key (as the Collector's
+//! zipkin exporter does).
 
 use meshlens_storage::model::{Endpoint, Span, StatusCode};
 use serde::Serialize;
@@ -94,6 +97,13 @@ pub fn to_zipkin(span: &Span) -> ZSpan<'_> {
                 .or_insert_with(|| span.status_message.clone().unwrap_or_default());
         }
     }
+    for (k, v) in span
+        .resource
+        .iter()
+        .filter(|(k, _)| k.as_str() != "service.name")
+    {
+        tags.entry(k.as_str()).or_insert_with(|| v.to_tag_string());
+    }
     if let Some(s) = &span.scope_name {
         tags.entry("otel.scope.name").or_insert_with(|| s.clone());
     }
@@ -162,6 +172,24 @@ mod tests {
         s.trace_id_64 = false;
         let v = serde_json::to_value(to_zipkin(&s)).expect("json");
         assert_eq!(v["traceId"], "00000000000000000000000000000abc");
+    }
+
+    #[test]
+    fn otlp_resource_attributes_become_tags_unless_the_span_has_the_key() {
+        let mut s = Span::default();
+        for (k, v) in [
+            ("service.name", "ratings"),
+            ("k8s.pod.name", "ratings-1"),
+            ("host.name", "node-a"),
+        ] {
+            s.resource.insert(k.into(), AttrValue::Str(v.into()));
+        }
+        s.attributes
+            .insert("host.name".into(), AttrValue::Str("from-span".into()));
+        let v = serde_json::to_value(to_zipkin(&s)).expect("json");
+        assert_eq!(v["tags"]["k8s.pod.name"], "ratings-1");
+        assert_eq!(v["tags"]["host.name"], "from-span");
+        assert!(v["tags"].get("service.name").is_none());
     }
 
     #[test]

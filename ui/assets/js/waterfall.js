@@ -205,8 +205,11 @@ export class TraceView {
     const x = r.span;
     const rows = (obj) => Object.entries(obj || {}).sort(([a], [b]) => a.localeCompare(b));
     const ep = (e) => (e ? [e.serviceName, e.ipv4 || e.ipv6, e.port].filter(Boolean).join(' ') : '–');
-    const resource = rows(x.tags).filter(([k]) => k.startsWith('otel.resource.') || k.startsWith('resource.'));
-    const tags = rows(x.tags).filter(([k]) => !(k.startsWith('otel.resource.') || k.startsWith('resource.')));
+    // OTLP resource attributes arrive as tags (as the Collector's Zipkin
+    // exporter writes them); their semantic-convention namespaces say which.
+    const isResource = (k) => /^(service|k8s|telemetry|host|process|container|cloud|os|deployment|faas)\./.test(k) && !/^service\.(address|port)$/.test(k);
+    const resource = rows(x.tags).filter(([k]) => isResource(k));
+    const tags = rows(x.tags).filter(([k]) => !isResource(k));
     return h('aside', { class: 'span-detail', 'aria-label': 'Span details' },
       h('h3', {}, `${x.localEndpoint?.serviceName || ''}: ${x.name || ''}`),
       h('dl', { class: 'kv' },
