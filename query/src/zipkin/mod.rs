@@ -38,6 +38,7 @@ pub fn router(state: QueryState) -> Router {
         .route("/api/v2/traces", get(traces))
         .route("/api/v2/trace/{id}", get(trace))
         .route("/api/v2/traceMany", get(trace_many))
+        .route("/api/traces/{id}/extras", get(trace_extras))
         .route("/api/v2/autocompleteKeys", get(autocomplete_keys))
         .route("/api/v2/autocompleteValues", get(autocomplete_values))
         .route("/api/v2/dependencies", get(dependencies))
@@ -168,6 +169,45 @@ async fn trace(
         Some(spans) => Ok(Json(encode::trace_json(spans)).into_response()),
         None => Err(QueryError::NotFound(format!("trace {id}"))),
     }
+}
+
+/// What the Zipkin model cannot carry, for the trace view: per span (that
+/// has any), its OpenTelemetry links and its events with their attributes.
+async fn trace_extras(
+    State(st): State<QueryState>,
+    Path(id): Path<String>,
+) -> Result<Response, QueryError> {
+    let trace_id = parse_trace_id(&id)?;
+    let found = st.traces.traces(&[trace_id]).await?;
+    let Some(spans) = found.first() else {
+        return Err(QueryError::NotFound(format!("trace {id}")));
+    };
+    let attrs = |j: &Option<String>| {
+        j.as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let out: Vec<serde_json::Value> = spans
+        .iter()
+        .filter(|s| !s.links.is_empty() || s.events.iter().any(|e| e.attributes_json.is_some()))
+        .map(|s| {
+            serde_json::json!({
+                "id": s.span_id.to_hex(),
+                "links": s.links.iter().map(|l| serde_json::json!({
+                    "traceId": l.trace_id.to_hex(false),
+                    "spanId": l.span_id.to_hex(),
+                    "traceState": l.trace_state,
+                    "attributes": attrs(&l.attributes_json),
+                })).collect::<Vec<_>>(),
+                "events": s.events.iter().map(|e| serde_json::json!({
+                    "timestamp": e.time.as_micros(),
+                    "name": e.name,
+                    "attributes": attrs(&e.attributes_json),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "spans": out })).into_response())
 }
 
 async fn trace_many(

@@ -39,6 +39,7 @@ export const api = {
   spanNames: (service) => request(`/api/v2/spans${qs({ serviceName: service })}`),
   traces: (p) => request(`/api/v2/traces${qs(p)}`),
   trace: (id) => request(`/api/v2/trace/${encodeURIComponent(id)}`),
+  traceExtras: (id) => request(`/api/traces/${encodeURIComponent(id)}/extras`),
   promRange: (query, start, end, step) =>
     request(`/api/v1/query_range${qs({ query, start, end, step })}`),
   demo: () => request('/api/demo/scenario'),

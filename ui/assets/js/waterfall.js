@@ -102,6 +102,11 @@ export class TraceView {
       return;
     }
     this.id = id;
+    // Links and event attributes, which the Zipkin model cannot carry.
+    this.extras = new Map();
+    try {
+      for (const x of (await api.traceExtras(id)).spans) this.extras.set(x.id, x);
+    } catch { /* the details just lack them */ }
     this.roots = buildTree(this.spans);
     adjustSkew(this.roots);
     markCritical(this.roots);
@@ -203,6 +208,7 @@ export class TraceView {
 
   detail(r) {
     const x = r.span;
+    const extra = this.extras?.get(x.id);
     const rows = (obj) => Object.entries(obj || {}).sort(([a], [b]) => a.localeCompare(b));
     const ep = (e) => (e ? [e.serviceName, e.ipv4 || e.ipv6, e.port].filter(Boolean).join(' ') : '–');
     // OTLP resource attributes arrive as tags (as the Collector's Zipkin
@@ -221,8 +227,17 @@ export class TraceView {
       tags.length ? h('table', { class: 'tags' }, tags.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, String(v))))) : h('p', { class: 'muted' }, 'none'),
       h('h4', {}, 'Annotations / events'),
       x.annotations?.length
-        ? h('table', { class: 'tags' }, x.annotations.map((a) => h('tr', {}, h('th', {}, `+${fmtUs(a.timestamp - this.t0)}`), h('td', {}, a.value))))
+        ? h('table', { class: 'tags' }, x.annotations.map((a) => {
+          const ev = extra?.events.find((e) => e.timestamp === a.timestamp && e.name === a.value);
+          return h('tr', {}, h('th', {}, `+${fmtUs(a.timestamp - this.t0)}`), h('td', {}, a.value,
+            ev?.attributes ? h('code', { class: 'attrs' }, ` ${JSON.stringify(ev.attributes)}`) : null));
+        }))
         : h('p', { class: 'muted' }, 'none'),
+      extra?.links?.length
+        ? [h('h4', {}, 'Links'), h('table', { class: 'tags' }, extra.links.map((l) => h('tr', {},
+          h('th', {}, h('a', { href: `#/trace/${l.traceId}` }, `${l.traceId} / ${l.spanId}`)),
+          h('td', {}, l.attributes ? h('code', {}, JSON.stringify(l.attributes)) : '', l.traceState ? ` tracestate ${l.traceState}` : ''))))]
+        : null,
       resource.length ? [h('h4', {}, 'Resource'), h('table', { class: 'tags' }, resource.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, String(v)))))] : null);
   }
 }
