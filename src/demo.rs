@@ -86,7 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         on_ready: Box::new(move |ready: Ready| {
             let http = local(ready.http);
             let otlp = local(ready.otlp_http);
-            on_ready_sim.spawn(Sink {
+            let sender = on_ready_sim.spawn(Sink {
                 zipkin_url: format!("http://{http}/api/v2/spans"),
                 otlp_url: format!("http://{otlp}/v1/traces"),
             });
@@ -97,6 +97,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 scenario,
                 &data_dir,
             );
+            // The simulated mesh stops first, so nothing is sent to closed ports.
+            let stop: Box<dyn FnOnce() + Send> = Box::new(move || sender.abort());
+            stop
         }),
     };
     serve::run_with(serve_args, Some(extension)).await
@@ -115,30 +118,38 @@ fn print_banner(
         http.ip().to_string()
     };
     let base = format!("http://{host}:{}", http.port());
-    println!(
-        "\n\
-meshlens demo: a simulated Istio Bookinfo mesh (ingress gateway, productpage,\n\
-details, reviews v1/v2/v3, ratings; fortio -> httpbin) reports to this meshlens:\n\
-Envoy Zipkin spans to {base}/api/v2/spans, ratings' SDK spans over OTLP to :{otlp_port},\n\
-sidecar metrics scraped from /stats/prometheus. Data in {dir}.\n\
-\n\
-  Web page               {base}/\n\
-  Topology (JSON)        {base}/api/topology?graph=versionedApp\n\
-  Services and RED       {base}/api/services\n\
-  Traces (Zipkin API)    {base}/api/v2/traces?serviceName=productpage.default\n\
-  PromQL                 {base}/api/v1/query?query=sum(rate(istio_requests_total[1m]))\n\
-\n\
-  Grafana data sources   Prometheus: {base}   Zipkin: {base}   Tempo (service graph): {base}\n\
-                         dashboards: see dashboards/README.md\n\
-  Send your own spans    Zipkin {base}/api/v2/spans, OTLP gRPC :{grpc_port}, OTLP HTTP :{otlp_port}\n\
-\n\
-  Scenario now: {scenario} ({}). Switch with\n\
-    curl -X POST {base}/api/demo/scenario -d '{{\"scenario\":\"fault-abort\"}}'\n\
-  one of: {}\n\
-\n\
-Ctrl-C stops it.\n",
-        scenario.description(),
-        Scenario::names(),
-        dir = dir.display(),
-    );
+    let lines = [
+        String::new(),
+        "meshlens demo: a simulated Istio Bookinfo mesh (ingress gateway, productpage,".into(),
+        "details, reviews v1/v2/v3, ratings; fortio -> httpbin) reports to this meshlens:".into(),
+        format!(
+            "Envoy Zipkin spans to {base}/api/v2/spans, ratings' SDK spans over OTLP to :{otlp_port},"
+        ),
+        format!(
+            "sidecar metrics scraped from /stats/prometheus. Data in {}.",
+            dir.display()
+        ),
+        String::new(),
+        format!("  Web page               {base}/"),
+        format!("  Topology (JSON)        {base}/api/topology?graph=versionedApp"),
+        format!("  Services and RED       {base}/api/services"),
+        format!("  Traces (Zipkin API)    {base}/api/v2/traces?serviceName=productpage.default"),
+        format!(
+            "  PromQL                 {base}/api/v1/query?query=sum(rate(istio_requests_total[1m]))"
+        ),
+        String::new(),
+        format!("  Grafana data sources   Prometheus, Zipkin and Tempo (service graph): {base}"),
+        "                         dashboards and provisioning: dashboards/README.md".into(),
+        format!(
+            "  Send your own spans    Zipkin {base}/api/v2/spans, OTLP gRPC :{grpc_port}, OTLP HTTP :{otlp_port}"
+        ),
+        String::new(),
+        format!("  Scenario now: {scenario} ({}).", scenario.description()),
+        "  Switch on the web page, or:".into(),
+        format!("    curl -X POST {base}/api/demo/scenario -d '{{\"scenario\":\"fault-abort\"}}'"),
+        format!("  one of: {}", Scenario::names()),
+        String::new(),
+        "Ctrl-C stops it.".into(),
+    ];
+    println!("{}", lines.join("\n"));
 }

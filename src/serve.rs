@@ -210,7 +210,8 @@ pub type Prepare = Box<
 pub struct Extension {
     pub router: axum::Router,
     pub prepare: Prepare,
-    pub on_ready: Box<dyn FnOnce(Ready) + Send>,
+    /// Returns what to run when shutdown starts (e.g. stop sending).
+    pub on_ready: Box<dyn FnOnce(Ready) -> Box<dyn FnOnce() + Send> + Send>,
 }
 
 /// The addresses a server actually listens on.
@@ -353,11 +354,12 @@ pub async fn run_with(args: ServeArgs, extension: Option<Extension>) -> anyhow::
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 
-    if let Some(f) = on_ready {
-        f(ready);
-    }
+    let on_shutdown = on_ready.map(|f| f(ready));
 
     shutdown_signal().await;
+    if let Some(f) = on_shutdown {
+        f();
+    }
     tracing::info!("shutting down: closing listeners, then flushing buffered spans");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
