@@ -65,3 +65,31 @@ fn the_page_shows_the_demo_mesh_in_a_real_browser() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The layout's properties (left to right, no overlap, stability across
+/// refreshes, cycle breaking, crossing reduction): `tests/web/layout.test.mjs`.
+#[test]
+fn the_graph_layout_keeps_its_properties() {
+    let node_ok = Command::new("node").arg("--version").output().is_ok();
+    if !node_ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node is not installed: ./scripts/test.sh needs it for the web tests"
+        );
+        eprintln!("SKIPPED: node is not installed; the layout test did not run");
+        return;
+    }
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/web/layout.test.mjs"
+        ))
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

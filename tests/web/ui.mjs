@@ -58,6 +58,24 @@ await step('topology', async () => {
   assert.ok(edges.includes('default/app/productpage/v1->default/app/reviews/v2'), `edges ${edges}`);
   const labels = await page.$$eval('.edge-label text', (els) => els.map((e) => e.textContent));
   assert.ok(labels.length >= edges.length - 1 && labels.every((l) => / rps/.test(l)), `labels ${labels}`);
+  // Stable layout: once the set of nodes stops growing (the demo has just
+  // started), a refresh leaves every node where it was.
+  const where = () => page.$$eval('.node', (els) => Object.fromEntries(els.map((e) => [e.dataset.id, e.getAttribute('transform')])));
+  const nextRefresh = async () => {
+    const stamp = await page.textContent('.status');
+    await page.waitForFunction((s) => { const t = document.querySelector('.status')?.textContent; return t && t !== s && !t.startsWith('Loading'); }, stamp, { timeout: 30000 });
+  };
+  let compared = false;
+  for (let i = 0; i < 6 && !compared; i++) {
+    const before = await where();
+    await nextRefresh();
+    const after = await where();
+    const keys = (o) => Object.keys(o).sort().join(' ');
+    if (keys(before) !== keys(after)) continue;
+    for (const id of Object.keys(before)) assert.equal(after[id], before[id], `${id} moved on refresh`);
+    compared = true;
+  }
+  assert.ok(compared, 'the node set never settled over 6 refreshes');
 });
 
 await step('graph-type-and-window', async () => {
