@@ -17,6 +17,14 @@ class App {
     this.route = '';
     this.topology = new TopologyView(this);
     this.grafana = localStorage.getItem('meshlens.grafana') || 'http://localhost:3000';
+    const g = document.querySelector('#settings input[name="grafana"]');
+    g.value = this.grafana;
+    g.addEventListener('change', () => {
+      this.grafana = g.value.trim() || 'http://localhost:3000';
+      localStorage.setItem('meshlens.grafana', this.grafana);
+      this.panelKey = null;
+      if (this.route === 'topology') this.showPanel();
+    });
     window.addEventListener('hashchange', () => this.onRoute());
     document.getElementById('trace-id-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
