@@ -274,6 +274,8 @@ async fn demo_answers_within_a_minute_and_every_scenario_shows_in_the_apis() {
         "retries (mesh)",
     );
     assert!(has_response(d, "503", "URX"), "retries (mesh): {d}");
+    // The destination sidecars report mutual TLS for every request.
+    assert_eq!(d["mtls_share"], 1.0, "{d}");
 
     // 4. Baseline latency, then the 7 s delay for jason: productpage's p99
     //    climbs past its 2 x 3 s timeouts to reviews.

@@ -100,17 +100,17 @@ impl Ctx {
     /// a per-second rate over the window) and in its last minute (`None`
     /// when the window is 90 s or shorter), from the stored samples.
     pub async fn counted(&self, sel: &str, by: &str) -> Result<Vec<Counted>, TopoError> {
-        let all = self
-            .exact_increase_in(sel, by, self.start_ms, self.end_ms)
-            .await?;
-        let recent = if self.end_ms - self.start_ms > 90_000 {
-            Some(
-                self.exact_increase_in(sel, by, self.end_ms - 60_000, self.end_ms)
-                    .await?,
-            )
-        } else {
-            None
-        };
+        // One read of the series for both the window and its last minute.
+        let mut windows = vec![(self.start_ms, self.end_ms)];
+        if self.end_ms - self.start_ms > 90_000 {
+            windows.push((self.end_ms - 60_000, self.end_ms));
+        }
+        let mut got = self
+            .exact_increases_in(sel, by, &windows)
+            .await?
+            .into_iter();
+        let all = got.next().unwrap_or_default();
+        let recent = got.next();
         let secs = (self.end_ms - self.start_ms) as f64 / 1000.0;
         let mut out: Vec<Counted> = all
             .into_iter()
@@ -149,36 +149,58 @@ impl Ctx {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<HashMap<Labels, f64>, TopoError> {
+        let mut v = self
+            .exact_increases_in(sel, by, &[(start_ms, end_ms)])
+            .await?;
+        Ok(v.pop().unwrap_or_default())
+    }
+
+    /// [`Ctx::exact_increase_in`] for several windows from one read of the
+    /// series (one map per window, in order).
+    pub async fn exact_increases_in(
+        &self,
+        sel: &str,
+        by: &str,
+        windows: &[(i64, i64)],
+    ) -> Result<Vec<HashMap<Labels, f64>>, TopoError> {
         let sets = sources::selector(sel)?;
         let by: Vec<&str> = by.split(',').map(str::trim).collect();
         let lookback = self.st.engine.options().lookback_ms;
-        let mut out: HashMap<Labels, f64> = HashMap::new();
+        let mut out: Vec<HashMap<Labels, f64>> = vec![HashMap::new(); windows.len()];
+        let Some(first) = windows.iter().map(|w| w.0).min() else {
+            return Ok(out);
+        };
+        let last = windows.iter().map(|w| w.1).max().unwrap_or(first);
+        let mut state: Vec<(Option<f64>, f64)> = vec![(None, 0.0); windows.len()];
         for set in sets {
             let data = self
                 .st
                 .storage
                 .samples()
-                .select(&set, start_ms - lookback, end_ms)
+                .select(&set, first - lookback, last)
                 .await
                 .map_err(|e| TopoError::Internal(e.to_string()))?;
             for s in data {
-                let mut prev: Option<f64> = None;
-                let mut inc = 0.0;
+                state.iter_mut().for_each(|x| *x = (None, 0.0));
                 for (t, v) in s.timestamps.iter().zip(&s.values) {
                     if meshlens_storage::samples::is_stale_nan(*v) || v.is_nan() {
                         continue;
                     }
-                    if *t <= start_ms {
-                        prev = Some(*v);
-                        continue;
+                    for (&(start_ms, end_ms), (prev, inc)) in windows.iter().zip(state.iter_mut()) {
+                        if *t <= start_ms {
+                            *prev = Some(*v);
+                        } else if *t <= end_ms {
+                            let p = prev.unwrap_or(0.0);
+                            *inc += if *v >= p { v - p } else { *v };
+                            *prev = Some(*v);
+                        }
                     }
-                    let p = prev.unwrap_or(0.0);
-                    inc += if *v >= p { v - p } else { *v };
-                    prev = Some(*v);
                 }
                 let key = Labels::new(by.iter().filter_map(|k| s.labels.get(k).map(|v| (*k, v))))
                     .unwrap_or_default();
-                *out.entry(key).or_default() += inc;
+                for (o, (_, inc)) in out.iter_mut().zip(&state) {
+                    *o.entry(key.clone()).or_default() += inc;
+                }
             }
         }
         Ok(out)

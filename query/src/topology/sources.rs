@@ -274,33 +274,35 @@ pub async fn istio(
     // Latency quantiles, per graph-type group (quantiles do not add up):
     // one read of the buckets of both reporters, p50/p95/p99 from it as
     // `histogram_quantile` computes them.
-    let rates = cx
-        .instant(&format!(
-            "sum by ({group},reporter,le) (rate(istio_request_duration_milliseconds_bucket{{reporter=~\"source|destination\"}}[{w}]))"
-        ))
-        .await?;
-    let wanted = rates.into_iter().filter(|s| {
-        s.labels.get("reporter") == Some("source")
-            || s.labels.get("source_workload") == Some("unknown")
-    });
-    quantiles_into(wanted, 1.0, &mut extras, |l| Some(edge_key(l)));
-    // mTLS share, from the destination's view (sources report "unknown").
+    // Only the buckets that are wanted are read: the source reporter's, and
+    // the destination's for callers outside the mesh (the destination
+    // reporter's buckets are otherwise half of all the samples).
+    let mut wanted = Vec::new();
+    for sel in [
+        r#"reporter="source""#,
+        r#"reporter="destination",source_workload="unknown""#,
+    ] {
+        wanted.extend(
+            cx.instant(&format!(
+                "sum by ({group},reporter,le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{w}]))"
+            ))
+            .await?,
+        );
+    }
+    quantiles_into(wanted.into_iter(), 1.0, &mut extras, |l| Some(edge_key(l)));
+    // mTLS share, from the destination's view (sources report "unknown"):
+    // one read, split by the policy.
     let all = cx
         .instant(&format!(
-            "sum by ({group}) (rate(istio_requests_total{{reporter=\"destination\"}}[{w}]))"
+            "sum by ({group},connection_security_policy) (rate(istio_requests_total{{reporter=\"destination\"}}[{w}]))"
         ))
         .await?;
-    let mtls = cx
-        .instant(&format!(
-            "sum by ({group}) (rate(istio_requests_total{{reporter=\"destination\",connection_security_policy=\"mutual_tls\"}}[{w}]))"
-        ))
-        .await?;
-    let mtls: HashMap<Labels, f64> = mtls.into_iter().map(|s| (s.labels, s.value)).collect();
     let mut acc: HashMap<(String, String), (f64, f64)> = HashMap::new();
     for s in all {
-        let m = mtls.get(&s.labels).copied().unwrap_or(0.0);
         let e = acc.entry(edge_key(&s.labels)).or_default();
-        e.0 += m;
+        if s.labels.get("connection_security_policy") == Some("mutual_tls") {
+            e.0 += s.value;
+        }
         e.1 += s.value;
     }
     for (k, (m, t)) in acc {

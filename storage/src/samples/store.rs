@@ -780,8 +780,9 @@ impl SampleStore {
         if ords.is_empty() {
             return Ok(vec![]);
         }
-        // ordinal -> collected (ts, v); files first, then head (newer wins on ties).
-        let mut acc: HashMap<u32, Vec<(i64, f64)>> = HashMap::new();
+        // Collected (ts, v) per wanted series, indexed like `wanted` (sorted
+        // file ids) so a sample costs no hashing; files first, then head
+        // (newer wins on ties).
         let (files, flushing, head_part) = {
             let h = self.inner.head.lock();
             let mut head_part: Vec<(u32, Vec<(i64, f64)>)> = Vec::new();
@@ -800,16 +801,17 @@ impl SampleStore {
             }
             (h.files.clone(), h.flushing.clone(), head_part)
         };
-        let (id_of, wanted) = {
+        let (wanted, ord_of) = {
             let cat = self.inner.catalog.read();
-            let mut id_of: HashMap<i64, u32> = HashMap::with_capacity(ords.len() as usize);
-            for o in ords.iter() {
-                id_of.insert(cat.id(o) as i64, o);
-            }
-            let mut wanted: Vec<i64> = id_of.keys().copied().collect();
-            wanted.sort_unstable();
-            (id_of, wanted)
+            let mut pairs: Vec<(i64, u32)> = ords.iter().map(|o| (cat.id(o) as i64, o)).collect();
+            pairs.sort_unstable();
+            pairs.dedup_by_key(|p| p.0);
+            let ord_of: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+            (pairs.into_iter().map(|p| p.0).collect::<Vec<i64>>(), ord_of)
         };
+        let slot_of: HashMap<u32, usize> =
+            ord_of.iter().enumerate().map(|(k, o)| (*o, k)).collect();
+        let mut acc: Vec<Vec<(i64, f64)>> = vec![Vec::new(); wanted.len()];
         for f in files.iter() {
             if f.max_ts < start || f.min_ts > end {
                 continue;
@@ -833,18 +835,31 @@ impl SampleStore {
                 &wanted,
                 start,
                 end,
-                |id, t, v| {
-                    if let Some(o) = id_of.get(&id) {
-                        acc.entry(*o).or_default().push((t, v));
+                {
+                    // Rows come in runs of one id: find its slot once per run.
+                    let mut last: Option<(i64, Option<usize>)> = None;
+                    let (wanted, acc) = (&wanted, &mut acc);
+                    move |id, t, v| {
+                        let k = match last {
+                            Some((l, k)) if l == id => k,
+                            _ => {
+                                let k = wanted.binary_search(&id).ok();
+                                last = Some((id, k));
+                                k
+                            }
+                        };
+                        if let Some(k) = k {
+                            acc[k].push((t, v));
+                        }
                     }
                 },
             )
             .await?;
         }
         if let Some(fl) = flushing {
-            for o in ords.iter() {
+            for (k, &o) in ord_of.iter().enumerate() {
                 if let Some(b) = fl.get(o as usize) {
-                    let e = acc.entry(o).or_default();
+                    let e = &mut acc[k];
                     e.extend(
                         b.ts.iter()
                             .zip(&b.v)
@@ -855,11 +870,14 @@ impl SampleStore {
             }
         }
         for (o, v) in head_part {
-            acc.entry(o).or_default().extend(v);
+            if let Some(&k) = slot_of.get(&o) {
+                acc[k].extend(v);
+            }
         }
         let cat = self.inner.catalog.read();
         let mut out: Vec<SeriesData> = Vec::with_capacity(acc.len());
-        for (o, mut pts) in acc {
+        for (k, mut pts) in acc.into_iter().enumerate() {
+            let o = ord_of[k];
             if pts.is_empty() {
                 continue;
             }
