@@ -321,6 +321,12 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         .unwrap_or_default();
     let cx = Ctx::new(st, start, end);
     let mut warnings = Vec::new();
+    // `auto` reads both sources: the span-derived one on another task, so
+    // the two reads use two cores.
+    let span_task = (source == "auto" && !exact).then(|| {
+        let cx = Ctx::new(cx.st.clone(), start, end);
+        tokio::spawn(async move { span_source(&cx, graph, &th, false).await })
+    });
 
     let mut mesh_metrics = None;
     let mut mesh_graph = None;
@@ -342,17 +348,15 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
             );
         }
     }
-    let mut span_graph = None;
-    if exact {
-        let (rows, extras, queries) = exact::rows(&cx, graph).await?;
-        span_graph = Some(model::build(&rows, graph, "spans", &extras, &*queries, &th));
-    } else if source != "mesh" {
-        if sources::has_data(&cx, "traces_service_graph_request_total").await? {
-            let (rows, extras, queries) = sources::spans(&cx, graph).await?;
-            span_graph = Some(model::build(&rows, graph, "spans", &extras, &*queries, &th));
-        } else if source == "spans" {
-            warnings.push("no service-graph series derived from spans in the window".into());
-        }
+    let span_graph = match span_task {
+        Some(t) => t
+            .await
+            .map_err(|e| TopoError::Internal(format!("span source task: {e}")))??,
+        None if source != "mesh" => span_source(&cx, graph, &th, exact).await?,
+        None => None,
+    };
+    if span_graph.is_none() && source == "spans" && !exact {
+        warnings.push("no service-graph series derived from spans in the window".into());
     }
     let (mut nodes, mut edges) = match (mesh_graph, span_graph) {
         (Some(m), Some(s)) => model::merge(m, s),
@@ -386,6 +390,31 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
         edges,
         warnings,
     })
+}
+
+type Graph = (Vec<model::Node>, Vec<model::Edge>);
+
+/// The graph from spans: the derived service-graph series, or with `exact`
+/// a recompute from the stored spans; None when there is nothing derived.
+async fn span_source(
+    cx: &Ctx,
+    graph: GraphType,
+    th: &HealthThresholds,
+    exact: bool,
+) -> Result<Option<Graph>, TopoError> {
+    if exact {
+        let (rows, extras, queries) = exact::rows(cx, graph).await?;
+        return Ok(Some(model::build(
+            &rows, graph, "spans", &extras, &*queries, th,
+        )));
+    }
+    if !sources::has_data(cx, "traces_service_graph_request_total").await? {
+        return Ok(None);
+    }
+    let (rows, extras, queries) = sources::spans(cx, graph).await?;
+    Ok(Some(model::build(
+        &rows, graph, "spans", &extras, &*queries, th,
+    )))
 }
 
 async fn topology_handler(
