@@ -263,12 +263,15 @@ pub async fn run_with(args: ServeArgs, extension: Option<Extension>) -> anyhow::
         data_dir = %args.data_dir().display(), "meshlens is serving"
     );
 
-    let (mut extension, mut scrape_file) = (extension, args.scrape_config.clone());
-    if let Some(e) = extension.as_mut() {
-        let prepare = std::mem::replace(&mut e.prepare, Box::new(|| Box::pin(async { Ok(None) })));
-        if let Some(f) = prepare().await? {
-            scrape_file = Some(f);
-        }
+    let (router, prepare, on_ready) = match extension {
+        Some(e) => (Some(e.router), Some(e.prepare), Some(e.on_ready)),
+        None => (None, None, None),
+    };
+    let mut scrape_file = args.scrape_config.clone();
+    if let Some(prepare) = prepare
+        && let Some(f) = prepare().await?
+    {
+        scrape_file = Some(f);
     }
 
     // Scraping: the user's file (if any) plus meshlens's own /metrics.
@@ -315,9 +318,9 @@ pub async fn run_with(args: ServeArgs, extension: Option<Extension>) -> anyhow::
         .merge(meshlens_ingest::scrape::router(scraper.clone()))
         .merge(meshlens_query::router(query))
         .merge(meshlens_ui::router());
-    let (http_app, on_ready) = match extension {
-        Some(e) => (http_app.merge(e.router), Some(e.on_ready)),
-        None => (http_app, None),
+    let http_app = match router {
+        Some(r) => http_app.merge(r),
+        None => http_app,
     };
     let ready = Ready {
         http: http.local_addr()?,

@@ -13,47 +13,50 @@ use meshlens_sim::{SimConfig, Simulator, Sink};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+/// Runs `fut` on a thread of its own (a single-threaded runtime), so its CPU
+/// is not the simulator thread's.
+fn on_own_thread<F>(fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut);
+    });
+}
+
 fn null_sink() -> anyhow::Result<std::net::SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let app = Router::new()
-                .route(
-                    "/api/v2/spans",
-                    post(|_b: Bytes| async { StatusCode::ACCEPTED }),
-                )
-                .route("/v1/traces", post(|_b: Bytes| async { StatusCode::OK }));
-            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(l, app).await;
-        });
+    on_own_thread(async move {
+        let app = Router::new()
+            .route(
+                "/api/v2/spans",
+                post(|_b: Bytes| async { StatusCode::ACCEPTED }),
+            )
+            .route("/v1/traces", post(|_b: Bytes| async { StatusCode::OK }));
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let _ = axum::serve(l, app).await;
     });
     Ok(addr)
 }
 
-/// Scrapes every target each `every` on its own thread, like meshlens would.
+/// Scrapes every target each `every`, like meshlens would.
 fn scraper(targets: Vec<std::net::SocketAddr>, every: Duration) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let c = reqwest::Client::new();
-            loop {
-                tokio::time::sleep(every).await;
-                for t in &targets {
-                    if let Ok(r) = c.get(format!("http://{t}/stats/prometheus")).send().await {
-                        let _ = r.bytes().await;
-                    }
+    on_own_thread(async move {
+        let c = reqwest::Client::new();
+        loop {
+            tokio::time::sleep(every).await;
+            for t in &targets {
+                if let Ok(r) = c.get(format!("http://{t}/stats/prometheus")).send().await {
+                    let _ = r.bytes().await;
                 }
             }
-        });
+        }
     });
 }
 

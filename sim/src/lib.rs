@@ -90,7 +90,6 @@ struct Counters {
     requests: AtomicU64,
     spans_sent: AtomicU64,
     spans_failed: AtomicU64,
-    posts_failed: AtomicU64,
 }
 
 struct Control {
@@ -318,7 +317,6 @@ impl Simulator {
                 }
                 Err(e) => {
                     c.spans_failed.fetch_add(n as u64, Ordering::Relaxed);
-                    c.posts_failed.fetch_add(1, Ordering::Relaxed);
                     first_error.get_or_insert(e);
                 }
             }

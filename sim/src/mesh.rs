@@ -67,6 +67,9 @@ pub struct Workload {
     /// The pod's name and IP.
     pub pod: String,
     pub ip: String,
+    /// Istio's proxy node id: `sidecar~IP~POD.NS~NS.svc.cluster.local`
+    /// (`router~…` for the gateway).
+    pub node_id: String,
 }
 
 impl Workload {
@@ -79,28 +82,10 @@ impl Workload {
         }
     }
 
-    /// The Zipkin service name an Istio proxy reports: `<app>.<namespace>`.
-    pub fn zipkin_service(&self) -> String {
-        format!("{}.{}", self.app, self.namespace)
-    }
-
     pub fn principal(&self) -> String {
         format!(
             "spiffe://cluster.local/ns/{}/sa/{}",
             self.namespace, self.service_account
-        )
-    }
-
-    /// Istio's proxy node id: `sidecar~IP~POD.NS~NS.svc.cluster.local`.
-    pub fn node_id(&self) -> String {
-        let kind = if self.app == "istio-ingressgateway" {
-            "router"
-        } else {
-            "sidecar"
-        };
-        format!(
-            "{kind}~{}~{}.{}~{}.svc.cluster.local",
-            self.ip, self.pod, self.namespace, self.namespace
         )
     }
 }
@@ -130,18 +115,27 @@ fn w(
         "74c8d9b6f-hx7mw",
         "8d7c6b9f5-lp3zv",
     ];
+    let pod = format!("{name}-{}", HASHES[i]);
+    let ip = format!("10.244.0.{}", 11 + i);
+    let kind = if app == "istio-ingressgateway" {
+        "router"
+    } else {
+        "sidecar"
+    };
+    let ns = service.namespace;
     Workload {
         name,
         app,
         version,
-        namespace: service.namespace,
+        namespace: ns,
         service_account: sa,
         service,
         self_time_us: self_ms * 1000.0,
         sigma,
         response_bytes,
-        pod: format!("{name}-{}", HASHES[i]),
-        ip: format!("10.244.0.{}", 11 + i),
+        node_id: format!("{kind}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+        pod,
+        ip,
     }
 }
 

@@ -591,7 +591,7 @@ impl Generator {
         let _ = write!(
             out,
             ",\"tags\":{{\"component\":\"proxy\",\"node_id\":\"{}\",\"zone\":\"\",\"guid:x-request-id\":\"{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}\"",
-            w.node_id(),
+            w.node_id,
             a >> 32,
             (a >> 16) & 0xffff,
             a & 0xfff,

@@ -161,14 +161,24 @@ async fn trace(
     State(st): State<QueryState>,
     Path(id): Path<String>,
 ) -> Result<Response, QueryError> {
-    let trace_id = parse_trace_id(&id)?;
     let started = std::time::Instant::now();
-    let found = st.traces.traces(&[trace_id]).await?;
+    let spans = one_trace(&st, &id).await?;
     st.observe("zipkin_trace", started);
-    match found.first() {
-        Some(spans) => Ok(Json(encode::trace_json(spans)).into_response()),
-        None => Err(QueryError::NotFound(format!("trace {id}"))),
-    }
+    Ok(Json(encode::trace_json(&spans)).into_response())
+}
+
+/// The spans of trace `id` (hex), or 400 / 404.
+async fn one_trace(
+    st: &QueryState,
+    id: &str,
+) -> Result<Vec<meshlens_storage::model::Span>, QueryError> {
+    let trace_id = parse_trace_id(id)?;
+    st.traces
+        .traces(&[trace_id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| QueryError::NotFound(format!("trace {id}")))
 }
 
 /// What the Zipkin model cannot carry, for the trace view: per span (that
@@ -177,11 +187,7 @@ async fn trace_extras(
     State(st): State<QueryState>,
     Path(id): Path<String>,
 ) -> Result<Response, QueryError> {
-    let trace_id = parse_trace_id(&id)?;
-    let found = st.traces.traces(&[trace_id]).await?;
-    let Some(spans) = found.first() else {
-        return Err(QueryError::NotFound(format!("trace {id}")));
-    };
+    let spans = one_trace(&st, &id).await?;
     let attrs = |j: &Option<String>| {
         j.as_deref()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())

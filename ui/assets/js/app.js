@@ -107,14 +107,10 @@ class App {
     this.panel.hidden = false;
     document.body.classList.add('with-panel');
     if (!this.topology.data) {
-      clear(this.panel, note('loading', 'Loading…'));
-      // The topology view re-renders the panel once its data arrives.
-      const wait = setInterval(() => {
-        if (this.topology.data || this.topology.error) {
-          clearInterval(wait);
-          if (this.route === 'topology') this.showPanel();
-        }
-      }, 200);
+      // TopologyView.load() calls showPanel again once its data (or error) arrives.
+      clear(this.panel, this.topology.error
+        ? note('error', `Could not load the topology: ${this.topology.error.message}`)
+        : note('loading', 'Loading…'));
       return;
     }
     const key = JSON.stringify([sel, this.params.window, this.topology.data.end]);

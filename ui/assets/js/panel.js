@@ -4,7 +4,8 @@
 
 import { api } from './api.js';
 import { lineChart } from './chart.js';
-import { h, clear, fmtRate, fmtPct, fmtMs, fmtUs, fmtDateTime, note, parseDuration } from './util.js';
+import { summarize, traceItems } from './traces.js';
+import { h, clear, fmtRate, fmtPct, fmtMs, note, parseDuration } from './util.js';
 
 const pctFmt = (v) => fmtPct(v);
 const rateFmt = (v) => fmtRate(v);
@@ -32,20 +33,18 @@ function responsesTable(responses) {
       h('td', {}, `${fmtRate(r.rate)} rps`), h('td', {}, Math.round(r.requests ?? 0))))));
 }
 
-/** Zipkin service names for an app: Istio's `<app>.<namespace>` and the SDK's `<app>`. */
-async function zipkinNames(app, ns) {
+/** Every Zipkin service name ([] when they cannot be listed). */
+async function allZipkinServices() {
   try {
-    const all = await api.zipkinServices();
-    return all.filter((n) => n === app || n === `${app}.${ns}` || (!ns && n.startsWith(`${app}.`)));
+    return await api.zipkinServices();
   } catch {
     return [];
   }
 }
 
-function isError(span) {
-  const t = span.tags || {};
-  const code = Number(t['http.status_code'] || t['http.response.status_code'] || 0);
-  return 'error' in t || code >= 500 || t['otel.status_code'] === 'ERROR';
+/** Zipkin service names for an app: Istio's `<app>.<namespace>` and the SDK's `<app>`. */
+function zipkinNames(all, app, ns) {
+  return all.filter((n) => n === app || n === `${app}.${ns}` || (!ns && n.startsWith(`${app}.`)));
 }
 
 /** Sampled traces of `names` in the window: failed first, then slowest. */
@@ -61,21 +60,12 @@ export async function traceList(app, names, windowSecs, filter) {
         if (!tr.length || seen.has(tr[0].traceId)) continue;
         if (filter && !filter(tr)) continue;
         seen.add(tr[0].traceId);
-        const start = Math.min(...tr.map((x) => x.timestamp || Infinity));
-        const end = Math.max(...tr.map((x) => (x.timestamp || 0) + (x.duration || 0)));
-        const root = tr.find((x) => !x.parentId) || tr[0];
-        rows.push({ id: tr[0].traceId, start, dur: end - start, failed: tr.some(isError), spans: tr.length, root });
+        rows.push(summarize(tr));
       }
       rows.sort((a, b) => Number(b.failed) - Number(a.failed) || b.dur - a.dur);
       const top = rows.slice(0, 20);
-      const max = Math.max(1, ...top.map((r) => r.dur));
       clear(box, top.length
-        ? h('ol', { class: 'traces' }, top.map((r) => h('li', { class: r.failed ? 'failed' : '' },
-          h('a', { href: `#/trace/${r.id}`, 'data-trace': r.id },
-            h('span', { class: 'trace-name' }, `${r.root.localEndpoint?.serviceName || ''}: ${r.root.name || ''}`),
-            h('span', { class: 'bar' }, h('span', { style: { width: `${(100 * r.dur) / max}%` } })),
-            h('span', { class: 'trace-dur' }, fmtUs(r.dur)),
-            h('span', { class: 'trace-meta' }, `${r.spans} spans · ${fmtDateTime(r.start / 1000)}${r.failed ? ' · error' : ''}`)))))
+        ? traceItems(top)
         : note('empty', `No sampled traces for ${app} in this window.`));
     } catch (e) {
       clear(box, note('error', `Could not load traces: ${e.message}`));
@@ -168,8 +158,9 @@ export async function renderPanel(el, topo, sel, ctx) {
     ]);
     const slot = el.querySelector('.charts');
     if (slot) clear(slot, charts);
-    const names = await zipkinNames(dst.app || dst.service || dst.name, dst.namespace);
-    const srcNames = await zipkinNames(src.app || src.service || src.name, src.namespace);
+    const all = await allZipkinServices();
+    const names = zipkinNames(all, dst.app || dst.service || dst.name, dst.namespace);
+    const srcNames = zipkinNames(all, src.app || src.service || src.name, src.namespace);
     const filter = srcNames.length ? (tr) => tr.some((x) => srcNames.includes(x.localEndpoint?.serviceName)) : null;
     const list = await traceList(dst.name, names.length ? names : srcNames, winSecs, names.length ? filter : null);
     el.querySelector('.traces-slot')?.replaceChildren(list);
@@ -221,7 +212,7 @@ export async function fillService(el, app, ns, win, grafana, withCharts = true) 
   } else if (slot) {
     clear(slot);
   }
-  const names = await zipkinNames(app, ns);
+  const names = zipkinNames(await allZipkinServices(), app, ns);
   const ops = await topOperations(names, win);
   el.querySelector('.ops-slot')?.replaceChildren(...(ops ? [h('h3', {}, 'Top operations'), ops] : []));
   const list = await traceList(app, names, winSecs, null);

@@ -3,7 +3,7 @@
 
 import { api } from './api.js';
 import { layout } from './layout.js';
-import { h, s, clear, fmtRate, fmtPct, fmtMs, note, num } from './util.js';
+import { h, s, clear, fmtRate, fmtPct, fmtMs, note } from './util.js';
 
 const WINDOWS = ['1m', '5m', '15m', '30m', '1h', '3h', '6h', '12h', '24h'];
 const REFRESH = ['off', '5s', '10s', '30s', '1m'];
@@ -393,4 +393,3 @@ function nodeBadges(n) {
   return b;
 }
 
-export { num };

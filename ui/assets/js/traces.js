@@ -2,7 +2,7 @@
 // only; results with duration bars. Every field is in the URL.
 
 import { api } from './api.js';
-import { h, clear, fmtUs, fmtDateTime, note, parseDuration, serviceColor } from './util.js';
+import { h, clear, fmtUs, fmtDateTime, note, parseDuration, serviceColor, isErrorSpan } from './util.js';
 
 const WINDOWS = ['5m', '15m', '1h', '3h', '6h', '12h', '24h', '7d'];
 
@@ -80,22 +80,27 @@ export class TraceSearch {
 
   show(traces) {
     if (!traces.length) return clear(this.results, note('empty', 'No traces match. Widen the window or drop a condition.'));
-    const rows = traces.map((tr) => {
-      const start = Math.min(...tr.map((x) => x.timestamp || Infinity));
-      const end = Math.max(...tr.map((x) => (x.timestamp || 0) + (x.duration || 0)));
-      const root = tr.find((x) => !x.parentId) || tr[0];
-      const services = [...new Set(tr.map((x) => x.localEndpoint?.serviceName).filter(Boolean))];
-      const failed = tr.some((x) => x.tags && ('error' in x.tags || Number(x.tags['http.status_code']) >= 500));
-      return { id: tr[0].traceId, start, dur: end - start, root, services, failed, n: tr.length };
-    });
-    const max = Math.max(1, ...rows.map((r) => r.dur));
-    clear(this.results, h('p', { class: 'muted' }, `${rows.length} traces`),
-      h('ol', { class: 'traces' }, rows.map((r) => h('li', { class: r.failed ? 'failed' : '' },
-        h('a', { href: `#/trace/${r.id}`, 'data-trace': r.id },
-          h('span', { class: 'trace-name' }, `${r.root.localEndpoint?.serviceName || ''}: ${r.root.name || ''}`),
-          h('span', { class: 'bar' }, h('span', { style: { width: `${(100 * r.dur) / max}%` } })),
-          h('span', { class: 'trace-dur' }, fmtUs(r.dur)),
-          h('span', { class: 'trace-meta' }, `${r.n} spans · ${fmtDateTime(r.start / 1000)}${r.failed ? ' · error' : ''} `,
-            r.services.map((s) => h('span', { class: 'chip', style: { borderColor: serviceColor(s) } }, s))))))));
+    clear(this.results, h('p', { class: 'muted' }, `${traces.length} traces`), traceItems(traces.map(summarize), true));
   }
+}
+
+/** One trace (its Zipkin spans) as a list row. */
+export function summarize(tr) {
+  const start = Math.min(...tr.map((x) => x.timestamp || Infinity));
+  const end = Math.max(...tr.map((x) => (x.timestamp || 0) + (x.duration || 0)));
+  const root = tr.find((x) => !x.parentId) || tr[0];
+  const services = [...new Set(tr.map((x) => x.localEndpoint?.serviceName).filter(Boolean))];
+  return { id: tr[0].traceId, start, dur: end - start, root, services, failed: tr.some(isErrorSpan), n: tr.length };
+}
+
+/** Trace rows with duration bars, each opening the trace view. */
+export function traceItems(rows, withServices = false) {
+  const max = Math.max(1, ...rows.map((r) => r.dur));
+  return h('ol', { class: 'traces' }, rows.map((r) => h('li', { class: r.failed ? 'failed' : '' },
+    h('a', { href: `#/trace/${r.id}`, 'data-trace': r.id },
+      h('span', { class: 'trace-name' }, `${r.root.localEndpoint?.serviceName || ''}: ${r.root.name || ''}`),
+      h('span', { class: 'bar' }, h('span', { style: { width: `${(100 * r.dur) / max}%` } })),
+      h('span', { class: 'trace-dur' }, fmtUs(r.dur)),
+      h('span', { class: 'trace-meta' }, `${r.n} spans · ${fmtDateTime(r.start / 1000)}${r.failed ? ' · error' : ''} `,
+        withServices ? r.services.map((x) => h('span', { class: 'chip', style: { borderColor: serviceColor(x) } }, x)) : null)))));
 }

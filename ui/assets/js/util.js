@@ -29,6 +29,13 @@ export function clear(el, ...children) {
   return put(el, {}, children);
 }
 
+/** A Zipkin span that failed: an `error` tag, a 5xx, or OTel's ERROR status. */
+export function isErrorSpan(span) {
+  const t = span.tags || {};
+  const code = Number(t['http.status_code'] || t['http.response.status_code'] || 0);
+  return 'error' in t || code >= 500 || t['otel.status_code'] === 'ERROR';
+}
+
 export const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
 
 export function fmtRate(r) {

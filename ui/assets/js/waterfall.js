@@ -3,12 +3,7 @@
 // critical path, Zipkin-style clock-skew adjustment and a minimap to zoom.
 
 import { api } from './api.js';
-import { h, s, clear, fmtUs, fmtDateTime, note, serviceColor } from './util.js';
-
-const isError = (x) => {
-  const t = x.tags || {};
-  return 'error' in t || Number(t['http.status_code'] || t['http.response.status_code'] || 0) >= 500 || t['otel.status_code'] === 'ERROR';
-};
+import { h, s, clear, fmtUs, fmtDateTime, note, serviceColor, isErrorSpan as isError } from './util.js';
 
 /** Spans to a tree. Zipkin shared spans (client and server halves with one
  * id) become two rows, the server half under its client half; children of
