@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// Bytes of recently read sample files kept in memory for queries (0: off).
     #[arg(long, env = "MESHLENS_QUERY_CACHE_BYTES", default_value_t = 256 << 20)]
     pub query_cache_bytes: usize,
+    /// Bytes of per-minute summaries of sample files kept in memory, so
+    /// long-window rates and the topology read a summary per series and
+    /// minute instead of every sample (0: off; answers are the same).
+    #[arg(long, env = "MESHLENS_ROLLUP_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub rollup_cache_bytes: usize,
     /// PromQL: longest a query may run before it fails with a timeout (503).
     #[arg(long, env = "MESHLENS_QUERY_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub query_timeout: Duration,
@@ -138,6 +143,7 @@ impl ServeArgs {
         cfg.samples.max_labels_per_series = self.max_labels_per_series;
         cfg.samples.flush_age = self.samples_flush_interval;
         cfg.samples.read_cache_bytes = self.query_cache_bytes;
+        cfg.samples.rollup_cache_bytes = self.rollup_cache_bytes;
         cfg.samples.max_exemplars = self.max_exemplars;
         cfg
     }

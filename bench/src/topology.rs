@@ -302,6 +302,16 @@ pub async fn run(dir: PathBuf, services: usize, rps: f64, runs: usize) -> anyhow
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(|a, b| a.total_cmp(b));
+        let c = |r: &str| {
+            storage
+                .telemetry()
+                .counter("meshlens_samples_summarized_series_total", &[("read", r)])
+        };
+        println!(
+            "  series summarised so far: {} from per-minute summaries, {} raw",
+            c("summaries"),
+            c("raw")
+        );
         println!(
             "topology source={source} graph={graph} window=1h: median {:.0} ms, min {:.0} ms, max {:.0} ms ({runs} runs; {shape})",
             times[times.len() / 2],

@@ -470,3 +470,155 @@ async fn few_series_case(cache: usize) {
     }
     s.shutdown().await.unwrap();
 }
+
+/// `summarize` answers what summarising `select`'s samples answers, for
+/// whole-minute and arbitrary windows, over several flushed files (one cut
+/// mid-minute), the head, out-of-order writes, rewrites of a stored time,
+/// counter resets and staleness markers; with the per-minute summaries
+/// built at flush, built on first use after a restart, and turned off.
+#[tokio::test]
+async fn summaries_match_raw_samples() {
+    use meshlens_storage::samples::Summary;
+    let d = dir("summaries");
+    let mut cfg = config(&d);
+    cfg.samples.ooo_window = Duration::from_secs(3 * 3600);
+    let s = open(&cfg).await;
+    let t0 = (now_ms() - 2 * 3_600_000) / 60_000 * 60_000;
+    let mut seed = 11u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let series: Vec<Labels> = (0..40)
+        .map(|i| {
+            labels(
+                "req_total",
+                &[("i", &i.to_string()), ("g", &(i % 3).to_string())],
+            )
+        })
+        .collect();
+    let mut vals = vec![0.0f64; series.len()];
+    // Four chunks of 25 minutes; flush after each but the last (head).
+    for chunk in 0..4i64 {
+        let mut w = Vec::new();
+        for (i, l) in series.iter().enumerate() {
+            let mut pts = Vec::new();
+            // Scrape offsets that are not whole minutes, different per series.
+            let mut t = t0 + chunk * 1_500_000 + 1 + (i as i64 * 977) % 15_000;
+            while t < t0 + (chunk + 1) * 1_500_000 {
+                vals[i] = match rnd() % 40 {
+                    0 => 1.0,
+                    1 => stale_nan(),
+                    _ => {
+                        if vals[i].is_nan() {
+                            0.0
+                        } else {
+                            vals[i] + (rnd() % 9) as f64
+                        }
+                    }
+                };
+                pts.push((t, vals[i]));
+                t += 15_000;
+            }
+            w.push(write(l, &pts));
+        }
+        s.samples().append(batch(w)).await.unwrap();
+        if chunk == 1 {
+            // Out of order (inside the window) and a rewrite of a stored time.
+            s.samples()
+                .append(batch(vec![
+                    write(&series[3], &[(t0 + 1_234_567, 5.0)]),
+                    write(&series[4], &[(t0 + 1 + 4 * 977, 99.0)]),
+                ]))
+                .await
+                .unwrap();
+        }
+        if chunk < 3 {
+            s.samples().flush().await.unwrap();
+        }
+    }
+    let check = |s: Arc<Storage>| async move {
+        let mut windows = vec![];
+        for (a, b) in [(0, 100), (5, 60), (24, 26), (30, 99), (0, 25), (60, 61)] {
+            // Whole minutes, and the same shifted by odd amounts.
+            windows.push((t0 + a * 60_000 + 1, t0 + b * 60_000));
+            windows.push((t0 + a * 60_000 + 7_777, t0 + b * 60_000 - 1_234));
+        }
+        // Several windows at once answer what each answers alone.
+        let m = [eq("__name__", "req_total")];
+        let many = s.samples().summarize_windows(&m, &windows).await.unwrap();
+        for (w, &(lo, hi)) in windows.iter().enumerate() {
+            let one = s.samples().summarize(&m, lo, hi).await.unwrap();
+            let from_many: Vec<(Labels, Summary)> = many
+                .iter()
+                .filter_map(|(l, v)| v[w].map(|x| (l.clone(), x)))
+                .collect();
+            assert_eq!(one, from_many, "window {lo}..{hi}");
+        }
+        for (lo, hi) in windows {
+            for m in [vec![eq("__name__", "req_total")], vec![eq("g", "1")]] {
+                let mut got = s.samples().summarize(&m, lo, hi).await.unwrap();
+                got.sort_by(|a, b| a.0.cmp(&b.0));
+                let want: Vec<(Labels, Summary)> = s
+                    .samples()
+                    .select(&m, lo, hi)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|x| Summary::of(&x.timestamps, &x.values).map(|y| (x.labels, y)))
+                    .collect();
+                assert_eq!(got.len(), want.len(), "window {lo}..{hi}");
+                for ((gl, g), (wl, w)) in got.iter().zip(&want) {
+                    assert_eq!(gl, wl);
+                    assert_eq!(
+                        (
+                            g.first_t,
+                            g.last_t,
+                            g.count,
+                            g.first_v.to_bits(),
+                            g.last_v.to_bits()
+                        ),
+                        (
+                            w.first_t,
+                            w.last_t,
+                            w.count,
+                            w.first_v.to_bits(),
+                            w.last_v.to_bits()
+                        ),
+                        "{gl:?} window {lo}..{hi}"
+                    );
+                    assert!((g.resets - w.resets).abs() <= 1e-9 * w.resets.abs().max(1.0));
+                }
+            }
+        }
+    };
+    let c = |s: &Arc<Storage>, r: &str| {
+        s.telemetry()
+            .counter("meshlens_samples_summarized_series_total", &[("read", r)])
+    };
+    // Whole-minute windows over files alone read summaries, except the two
+    // series written out of order.
+    let m = [eq("__name__", "req_total")];
+    s.samples()
+        .summarize(&m, t0 + 1, t0 + 60 * 60_000)
+        .await
+        .unwrap();
+    assert_eq!((c(&s, "summaries"), c(&s, "raw")), (38.0, 2.0));
+    s.samples()
+        .summarize(&m, t0 + 5_001, t0 + 60 * 60_000)
+        .await
+        .unwrap();
+    assert!(c(&s, "raw") > 2.0, "a window cutting minutes reads raw");
+    check(s.clone()).await;
+    s.shutdown().await.unwrap();
+    // After a restart the summaries are built from the files on first use.
+    let s = open(&cfg).await;
+    check(s.clone()).await;
+    s.shutdown().await.unwrap();
+    cfg.samples.rollup_cache_bytes = 0;
+    let s = open(&cfg).await;
+    check(s.clone()).await;
+    s.shutdown().await.unwrap();
+}

@@ -16,7 +16,9 @@ use super::{
     EngineOptions, InstantSample, QueryError, QueryErrorKind, QueryResult, RangeSeries,
     SeriesSource, Value, functions,
 };
-use meshlens_storage::samples::{Labels, METRIC_NAME, MatchOp, Matcher, SeriesData, is_stale_nan};
+use meshlens_storage::samples::{
+    Labels, METRIC_NAME, MatchOp, Matcher, SeriesData, Summary, is_stale_nan,
+};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::token::*;
 use promql_parser::parser::{
@@ -376,7 +378,7 @@ fn at_ms(ctx: &Ctx, at: &Option<AtModifier>) -> Option<i64> {
 }
 
 /// Per step, the time a selector reads at: `@` (or the step) minus offset.
-fn window_ends(
+pub(super) fn window_ends(
     ctx: &Ctx,
     grid: &Grid,
     at: &Option<AtModifier>,
@@ -440,6 +442,34 @@ fn fetch(ctx: &Ctx, vs: &VectorSelector, lo: i64, hi: i64) -> R<Vec<SeriesData>>
     }
     let n: usize = out.iter().map(|s| s.timestamps.len()).sum();
     ctx.add_samples(n)?;
+    Ok(out)
+}
+
+/// Per series a selector matches, the summary of its samples in
+/// `[lo, hi]` (see [`SeriesSource::summarize`]), sorted by labels.
+pub(super) fn fetch_summaries(
+    ctx: &Ctx,
+    vs: &VectorSelector,
+    lo: i64,
+    hi: i64,
+) -> R<Vec<(Labels, Summary)>> {
+    let mut out: Vec<(Labels, Summary)> = Vec::new();
+    let sets = selector_matchers(vs)?;
+    let several = sets.len() > 1;
+    for set in sets {
+        let got = ctx.src.summarize(&set, lo, hi).map_err(|e| QueryError {
+            kind: QueryErrorKind::Internal,
+            msg: format!("reading samples: {e}"),
+        })?;
+        out.extend(got);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if several {
+        out.dedup_by(|a, b| a.0 == b.0);
+    }
+    // What the raw path would hold in memory is the samples; here it is
+    // one summary per series.
+    ctx.add_samples(out.len())?;
     Ok(out)
 }
 

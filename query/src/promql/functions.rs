@@ -9,7 +9,7 @@ use super::eval::{
     valid_label_name,
 };
 use chrono::{Datelike, TimeZone, Timelike, Utc};
-use meshlens_storage::samples::Labels;
+use meshlens_storage::samples::{Labels, Summary};
 use promql_parser::parser::{Call, Expr};
 use std::collections::HashMap;
 
@@ -48,15 +48,30 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
         }
         // ---- range functions
         "rate" | "increase" | "delta" => {
-            let rv = eval_range(ctx, args[0], grid)?;
-            if name != "delta" {
-                counter_info(ctx, &rv, name);
-            }
             let counter = name != "delta";
             let is_rate = name == "rate";
-            range_fn(ctx, &rv, false, |ts, vs, end, range, _| {
-                extrapolated_rate(ts, vs, end - range, end, range, counter, is_rate)
-            })?
+            if let Some((sums, end, range)) = summaries(ctx, args[0], grid)? {
+                if counter {
+                    counter_info_of(ctx, sums.iter().map(|s| &s.0), name);
+                }
+                sums.into_iter()
+                    .filter_map(|(l, s)| {
+                        let v = extrapolated_rate_of(&s, end, range, counter, is_rate)?;
+                        Some(Series {
+                            labels: drop_name(&l),
+                            vals: vec![Some(v)],
+                        })
+                    })
+                    .collect()
+            } else {
+                let rv = eval_range(ctx, args[0], grid)?;
+                if counter {
+                    counter_info(ctx, &rv, name);
+                }
+                range_fn(ctx, &rv, false, |ts, vs, end, range, _| {
+                    extrapolated_rate(ts, vs, end - range, end, range, counter, is_rate)
+                })?
+            }
         }
         "irate" | "idelta" => {
             let rv = eval_range(ctx, args[0], grid)?;
@@ -119,6 +134,24 @@ pub fn call(ctx: &Ctx, c: &Call, grid: &Grid) -> R<Val> {
             }
             s + c
         })?,
+        "count_over_time" | "present_over_time" | "last_over_time"
+            if let Some((sums, _, _)) = summaries(ctx, args[0], grid)? =>
+        {
+            sums.into_iter()
+                .map(|(l, s)| Series {
+                    labels: if name == "last_over_time" {
+                        l
+                    } else {
+                        drop_name(&l)
+                    },
+                    vals: vec![Some(match name {
+                        "count_over_time" => s.count as f64,
+                        "present_over_time" => 1.0,
+                        _ => s.last_v,
+                    })],
+                })
+                .collect()
+        }
         "count_over_time" => over_time(ctx, args[0], grid, false, |v| v.len() as f64)?,
         "present_over_time" => over_time(ctx, args[0], grid, false, |_| 1.0)?,
         "last_over_time" => over_time(ctx, args[0], grid, true, |v| v[v.len() - 1])?,
@@ -609,8 +642,12 @@ fn over_time(
 
 /// rate()/increase() of a metric whose name does not look like a counter.
 fn counter_info(ctx: &Ctx, rv: &RangeVal, func: &str) {
-    for s in &rv.series {
-        if let Some(n) = s.labels.metric_name()
+    counter_info_of(ctx, rv.series.iter().map(|s| &s.labels), func);
+}
+
+fn counter_info_of<'a>(ctx: &Ctx, labels: impl Iterator<Item = &'a Labels>, func: &str) {
+    for l in labels {
+        if let Some(n) = l.metric_name()
             && !(n.ends_with("_total")
                 || n.ends_with("_sum")
                 || n.ends_with("_count")
@@ -679,7 +716,6 @@ fn extrapolated_rate(
         return None;
     }
     let last = ts.len() - 1;
-    let (first_t, last_t) = (ts[0], ts[last]);
     let mut result = vs[last] - vs[0];
     if counter {
         let mut prev = vs[0];
@@ -690,17 +726,69 @@ fn extrapolated_rate(
             prev = cur;
         }
     }
+    extrapolate(
+        ts.len(),
+        (ts[0], vs[0]),
+        ts[last],
+        result,
+        (range_start, range_end, range),
+        counter,
+        is_rate,
+    )
+}
+
+/// `rate` (`is_rate`), `increase` (`counter`) or `delta` over the window
+/// `(end - range, end]` from the summary of the samples in it.
+pub fn extrapolated_rate_of(
+    s: &Summary,
+    end: i64,
+    range: i64,
+    counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    let result = if counter {
+        s.counter_increase()
+    } else {
+        s.last_v - s.first_v
+    };
+    extrapolate(
+        s.count as usize,
+        (s.first_t, s.first_v),
+        s.last_t,
+        result,
+        (end - range, end, range),
+        counter,
+        is_rate,
+    )
+}
+
+/// The extrapolation of `extrapolatedRate`, from `count` samples whose
+/// first is `first`, last at `last_t`, and whose (reset-corrected)
+/// difference is `result`.
+fn extrapolate(
+    count: usize,
+    first: (i64, f64),
+    last_t: i64,
+    result: f64,
+    (range_start, range_end, range): (i64, i64, i64),
+    counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    if count < 2 {
+        return None;
+    }
+    let (first_t, first_v) = first;
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
     let mut to_end = (range_end - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg_between = sampled / last as f64;
+    let avg_between = sampled / (count - 1) as f64;
     let threshold = avg_between * 1.1;
     let mut interval = sampled;
     if to_start >= threshold {
         to_start = avg_between / 2.0;
     }
-    if counter && result > 0.0 && vs[0] >= 0.0 {
-        let to_zero = sampled * (vs[0] / result);
+    if counter && result > 0.0 && first_v >= 0.0 {
+        let to_zero = sampled * (first_v / result);
         if to_zero < to_start {
             to_start = to_zero;
         }
@@ -715,6 +803,30 @@ fn extrapolated_rate(
         factor /= range as f64 / 1000.0;
     }
     Some(result * factor)
+}
+
+/// Range windows shorter than this are read raw: summaries pay off when a
+/// window spans many per-minute cells.
+pub const SUMMARY_MIN_RANGE_MS: i64 = 10 * 60_000;
+
+/// Per-series summaries of one window, its end and its range (ms).
+type Summaries = (Vec<(Labels, Summary)>, i64, i64);
+
+/// For `f(selector[range])` evaluated at one instant over a long range: per
+/// series, the summary of its samples in the window, with the window's end
+/// and range. None when the argument is not a plain matrix selector, the
+/// query has several steps or the range is short.
+fn summaries(ctx: &Ctx, e: &Expr, grid: &Grid) -> R<Option<Summaries>> {
+    let Expr::MatrixSelector(ms) = e else {
+        return Ok(None);
+    };
+    let range = super::eval::dur_ms(&ms.range);
+    if grid.n != 1 || range < SUMMARY_MIN_RANGE_MS || !ctx.opts.summaries {
+        return Ok(None);
+    }
+    let end = super::eval::window_ends(ctx, grid, &ms.vs.at, &ms.vs.offset)?[0];
+    let sums = super::eval::fetch_summaries(ctx, &ms.vs, end - range + 1, end)?;
+    Ok(Some((sums, end, range)))
 }
 
 /// Least squares (Kahan-summed) with x relative to `intercept_t`.

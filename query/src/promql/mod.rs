@@ -10,7 +10,7 @@ pub mod eval;
 pub mod functions;
 pub mod promqltest;
 
-use meshlens_storage::samples::{Labels, Matcher, SeriesData};
+use meshlens_storage::samples::{Labels, Matcher, SeriesData, Summary};
 use promql_parser::parser::Expr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,25 @@ pub trait SeriesSource: Send + Sync {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<SeriesData>, String>;
+
+    /// Per series matching every matcher, a summary of its samples in
+    /// `[start_ms, end_ms]` (staleness markers left out), in any order:
+    /// what range functions over long windows need. Must equal summarising
+    /// what `select` returns; sources with a faster way override it.
+    fn summarize(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(Labels, Summary)>, String> {
+        let mut out: Vec<(Labels, Summary)> = self
+            .select(matchers, start_ms, end_ms)?
+            .into_iter()
+            .filter_map(|s| Summary::of(&s.timestamps, &s.values).map(|x| (s.labels, x)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
 }
 
 /// The sample store as a source. Its reads are async (object store); the
@@ -44,6 +63,17 @@ impl SeriesSource for StoreSource {
     ) -> Result<Vec<SeriesData>, String> {
         self.handle
             .block_on(self.store.select(matchers, start_ms, end_ms))
+            .map_err(|e| e.to_string())
+    }
+
+    fn summarize(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<(Labels, Summary)>, String> {
+        self.handle
+            .block_on(self.store.summarize(matchers, start_ms, end_ms))
             .map_err(|e| e.to_string())
     }
 }
@@ -148,6 +178,10 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Most points per series of a range query (11,000).
     pub max_points_per_series: i64,
+    /// Instant `rate`/`increase`/`delta`/`last_over_time`/`count_over_time`/
+    /// `present_over_time` over 10 m or more read per-series summaries
+    /// (exact; see [`SeriesSource::summarize`]) instead of every sample.
+    pub summaries: bool,
 }
 
 impl Default for EngineOptions {
@@ -157,6 +191,7 @@ impl Default for EngineOptions {
             timeout: Duration::from_secs(120),
             max_samples: 50_000_000,
             max_points_per_series: 11_000,
+            summaries: true,
         }
     }
 }

@@ -182,3 +182,119 @@ fn deep_queries_are_refused_not_fatal() {
         .join()
         .unwrap();
 }
+
+/// Over the sample store, long-window functions read through per-minute
+/// summaries answer exactly what the raw samples answer (resets, staleness
+/// markers, a flushed file plus the head, windows on and off whole minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_answer_like_raw_samples() {
+    use meshlens_storage::samples::{Sample, SampleBatch, SeriesWrite, stale_nan};
+    use meshlens_storage::{Storage, StorageConfig, Telemetry};
+    let d = std::env::temp_dir().join(format!("meshlens-promql-sum-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let s = Storage::open(StorageConfig::new(&d), Telemetry::new())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = (now - 5 * 3_600_000) / 60_000 * 60_000;
+    // Two flushed files of 90 minutes each, then 90 minutes in the head.
+    for half in 0..3i64 {
+        let series = (0..30)
+            .map(|i: i64| SeriesWrite {
+                labels: Labels::series([
+                    ("__name__", "req_total"),
+                    ("pod", &format!("p{i}")),
+                    ("code", if i % 4 == 0 { "500" } else { "200" }),
+                ])
+                .unwrap(),
+                samples: (0..360)
+                    .map(|k| {
+                        let t = t0 + half * 5_400_000 + k * 15_000 + 1 + i * 311;
+                        let mut v = ((k + 1) * (i + 3) % 1000) as f64 + half as f64 * 3.0;
+                        if (k + i) % 97 == 0 {
+                            v = stale_nan();
+                        }
+                        Sample {
+                            timestamp_ms: t,
+                            value: v,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        s.samples()
+            .append(SampleBatch {
+                series,
+                metadata: vec![],
+            })
+            .await
+            .unwrap();
+        if half < 2 {
+            s.samples().flush().await.unwrap();
+        }
+    }
+    let src: Arc<dyn SeriesSource> = Arc::new(crate::promql::StoreSource {
+        store: s.samples().clone(),
+        handle: tokio::runtime::Handle::current(),
+    });
+    let fast = Engine::new(src.clone(), EngineOptions::default());
+    let slow = Engine::new(
+        src,
+        EngineOptions {
+            summaries: false,
+            ..Default::default()
+        },
+    );
+    let at = [
+        t0 + 3 * 3_600_000,
+        t0 + 4 * 3_600_000 + 60_000,
+        t0 + 2 * 3_600_000 + 7_123,
+        t0 + 90 * 60_000,
+        t0 + 95 * 60_000 + 59_999,
+    ];
+    let qs = [
+        "rate(req_total[1h])",
+        "sum by (code) (increase(req_total[30m]))",
+        "delta(req_total[45m])",
+        "last_over_time(req_total[1h])",
+        "count_over_time(req_total[20m])",
+        "present_over_time(req_total{code=\"500\"}[2h])",
+        "rate(req_total[3645123ms])",
+        "rate(req_total[1h] offset 10m)",
+    ];
+    let tel = s.telemetry().clone();
+    let read =
+        move |r: &str| tel.counter("meshlens_samples_summarized_series_total", &[("read", r)]);
+    tokio::task::spawn_blocking(move || {
+        for q in qs {
+            for &t in &at {
+                let a = fast.instant_query(q, t).unwrap();
+                let b = slow.instant_query(q, t).unwrap();
+                let (Value::Vector(a), Value::Vector(b)) = (a.value, b.value) else {
+                    panic!("{q}: not vectors")
+                };
+                assert!(!b.is_empty(), "{q} at {t}: no data");
+                assert_eq!(a.len(), b.len(), "{q} at {t}");
+                let mut a = a;
+                let mut b = b;
+                a.sort_by(|x, y| x.labels.cmp(&y.labels));
+                b.sort_by(|x, y| x.labels.cmp(&y.labels));
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.labels, y.labels, "{q}");
+                    assert!(
+                        (x.value - y.value).abs() <= 1e-9 * y.value.abs().max(1.0),
+                        "{q} at {t}: {} vs {}",
+                        x.value,
+                        y.value
+                    );
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Windows on whole minutes were answered from summaries.
+    assert!(read("summaries") > 0.0, "summaries never used");
+    assert!(read("raw") > 0.0, "windows off whole minutes read raw");
+    s.shutdown().await.unwrap();
+}

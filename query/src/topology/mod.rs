@@ -54,6 +54,7 @@ impl IntoResponse for TopoError {
 }
 
 /// A query window and the means to evaluate PromQL over it.
+#[derive(Clone)]
 pub struct Ctx {
     pub st: QueryState,
     pub start_ms: i64,
@@ -70,6 +71,29 @@ impl Ctx {
             start_ms,
             end_ms,
             w: format!("{secs}s"),
+        }
+    }
+
+    /// A topology window: from 10 minutes on, its start moves back to a
+    /// whole minute (by less than a minute) so every long-window figure
+    /// reads per-minute summaries of the stored samples instead of every
+    /// sample (exact either way; the figures' queries carry the widened
+    /// range, e.g. `[3645123ms]`).
+    pub fn for_topology(st: QueryState, start_ms: i64, end_ms: i64) -> Ctx {
+        if end_ms - start_ms < crate::promql::functions::SUMMARY_MIN_RANGE_MS {
+            return Ctx::new(st, start_ms, end_ms);
+        }
+        let start = start_ms.div_euclid(60_000) * 60_000;
+        let ms = end_ms - start;
+        Ctx {
+            st,
+            start_ms: start,
+            end_ms,
+            w: if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            },
         }
     }
 
@@ -96,14 +120,73 @@ impl Ctx {
         }
     }
 
+    /// `sum by (<by>) (rate(<sel>[<w>]))` at the window's end, computed as
+    /// the PromQL engine does (the same per-series extrapolation over the
+    /// same summaries) but grouped without building a label set per series.
+    pub async fn rates_by(&self, sel: &str, by: &[&str]) -> Result<Vec<(Labels, f64)>, TopoError> {
+        let sets = sources::selector(sel)?;
+        let range = self.end_ms - self.start_ms;
+        let several = sets.len() > 1;
+        let mut data = Vec::new();
+        for set in sets {
+            data.extend(
+                self.st
+                    .storage
+                    .samples()
+                    .summarize(&set, self.start_ms + 1, self.end_ms)
+                    .await
+                    .map_err(|e| TopoError::Internal(e.to_string()))?,
+            );
+        }
+        if several {
+            // Selector alternatives may match a series twice.
+            data.sort_by(|a, b| a.0.cmp(&b.0));
+            data.dedup_by(|a, b| a.0 == b.0);
+        }
+        let mut by: Vec<&str> = by.to_vec();
+        by.sort_unstable();
+        by.dedup();
+        let mut groups: HashMap<Vec<&str>, f64, foldhash::fast::RandomState> = HashMap::default();
+        let mut key: Vec<&str> = Vec::with_capacity(by.len());
+        for (labels, s) in &data {
+            let Some(v) =
+                crate::promql::functions::extrapolated_rate_of(s, self.end_ms, range, true, true)
+            else {
+                continue;
+            };
+            labels.get_sorted(&by, &mut key);
+            match groups.get_mut(&key) {
+                Some(x) => *x += v,
+                None => {
+                    groups.insert(key.clone(), v);
+                }
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(k, v)| {
+                let l = Labels::new(
+                    by.iter()
+                        .zip(&k)
+                        .filter(|(_, v)| !v.is_empty())
+                        .map(|(n, v)| (*n, *v)),
+                )
+                .unwrap_or_default();
+                (l, v)
+            })
+            .collect())
+    }
+
     /// Counter increases by the `by` labels: in the window (as a count and
-    /// a per-second rate over the window) and in its last minute (`None`
-    /// when the window is 90 s or shorter), from the stored samples.
+    /// a per-second rate over the window) and in its last one to two
+    /// minutes, from the last whole minute before the end (`None` when the
+    /// window is 3 minutes or shorter), from the stored samples.
     pub async fn counted(&self, sel: &str, by: &str) -> Result<Vec<Counted>, TopoError> {
-        // One read of the series for both the window and its last minute.
+        // One read of the series for both the window and its last minutes.
         let mut windows = vec![(self.start_ms, self.end_ms)];
-        if self.end_ms - self.start_ms > 90_000 {
-            windows.push((self.end_ms - 60_000, self.end_ms));
+        let recent_start = self.end_ms.div_euclid(60_000) * 60_000 - 60_000;
+        if recent_start - self.start_ms >= 60_000 {
+            windows.push((recent_start, self.end_ms));
         }
         let mut got = self
             .exact_increases_in(sel, by, &windows)
@@ -112,12 +195,13 @@ impl Ctx {
         let all = got.next().unwrap_or_default();
         let recent = got.next();
         let secs = (self.end_ms - self.start_ms) as f64 / 1000.0;
+        let recent_secs = (self.end_ms - recent_start) as f64 / 1000.0;
         let mut out: Vec<Counted> = all
             .into_iter()
             .map(|(labels, n)| Counted {
                 recent_rate: recent
                     .as_ref()
-                    .map(|r| r.get(&labels).copied().unwrap_or(0.0) / 60.0),
+                    .map(|r| r.get(&labels).copied().unwrap_or(0.0) / recent_secs),
                 rate: n / secs,
                 requests: n,
                 labels,
@@ -156,7 +240,9 @@ impl Ctx {
     }
 
     /// [`Ctx::exact_increase_in`] for several windows from one read of the
-    /// series (one map per window, in order).
+    /// series (one map per window, in order). Reads per-series summaries
+    /// (see `SampleStore::summarize_windows`): windows starting on whole
+    /// minutes decode no stored sample.
     pub async fn exact_increases_in(
         &self,
         sel: &str,
@@ -167,40 +253,59 @@ impl Ctx {
         let by: Vec<&str> = by.split(',').map(str::trim).collect();
         let lookback = self.st.engine.options().lookback_ms;
         let mut out: Vec<HashMap<Labels, f64>> = vec![HashMap::new(); windows.len()];
-        let Some(first) = windows.iter().map(|w| w.0).min() else {
-            return Ok(out);
-        };
-        let last = windows.iter().map(|w| w.1).max().unwrap_or(first);
-        let mut state: Vec<(Option<f64>, f64)> = vec![(None, 0.0); windows.len()];
+        // Per window: the samples before it (the last is where its increase
+        // starts from), and those inside it.
+        let mut reads = Vec::with_capacity(2 * windows.len());
+        for &(start_ms, end_ms) in windows {
+            reads.push((start_ms - lookback + 1, start_ms));
+            reads.push((start_ms + 1, end_ms));
+        }
+        let mut data = Vec::new();
         for set in sets {
-            let data = self
-                .st
-                .storage
-                .samples()
-                .select(&set, first - lookback, last)
-                .await
-                .map_err(|e| TopoError::Internal(e.to_string()))?;
-            for s in data {
-                state.iter_mut().for_each(|x| *x = (None, 0.0));
-                for (t, v) in s.timestamps.iter().zip(&s.values) {
-                    if meshlens_storage::samples::is_stale_nan(*v) || v.is_nan() {
-                        continue;
-                    }
-                    for (&(start_ms, end_ms), (prev, inc)) in windows.iter().zip(state.iter_mut()) {
-                        if *t <= start_ms {
-                            *prev = Some(*v);
-                        } else if *t <= end_ms {
-                            let p = prev.unwrap_or(0.0);
-                            *inc += if *v >= p { v - p } else { *v };
-                            *prev = Some(*v);
-                        }
-                    }
-                }
-                let key = Labels::new(by.iter().filter_map(|k| s.labels.get(k).map(|v| (*k, v))))
-                    .unwrap_or_default();
-                for (o, (_, inc)) in out.iter_mut().zip(&state) {
-                    *o.entry(key.clone()).or_default() += inc;
-                }
+            data.extend(
+                self.st
+                    .storage
+                    .samples()
+                    .summarize_windows(&set, &reads)
+                    .await
+                    .map_err(|e| TopoError::Internal(e.to_string()))?,
+            );
+        }
+        let mut by = by;
+        by.sort_unstable();
+        by.dedup();
+        let mut groups: HashMap<Vec<&str>, Vec<f64>, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut key: Vec<&str> = Vec::with_capacity(by.len());
+        for (labels, sums) in &data {
+            labels.get_sorted(&by, &mut key);
+            if !groups.contains_key(&key) {
+                groups.insert(key.clone(), vec![0.0; windows.len()]);
+            }
+            let Some(acc) = groups.get_mut(&key) else {
+                continue;
+            };
+            for (w, a) in acc.iter_mut().enumerate() {
+                let Some(s) = sums[2 * w + 1] else { continue };
+                let prev = sums[2 * w].map(|p| p.last_v).unwrap_or(0.0);
+                let first = if s.first_v >= prev {
+                    s.first_v - prev
+                } else {
+                    s.first_v
+                };
+                *a += first + s.counter_increase();
+            }
+        }
+        for (k, acc) in groups {
+            let l = Labels::new(
+                by.iter()
+                    .zip(&k)
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(n, v)| (*n, *v)),
+            )
+            .unwrap_or_default();
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o.entry(l.clone()).or_default() += a;
             }
         }
         Ok(out)
@@ -319,20 +424,22 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
                 .collect()
         })
         .unwrap_or_default();
-    let cx = Ctx::new(st, start, end);
+    let cx = Ctx::for_topology(st, start, end);
     let mut warnings = Vec::new();
     // `auto` reads both sources: the span-derived one on another task, so
     // the two reads use two cores.
     let span_task = (source == "auto" && !exact).then(|| {
-        let cx = Ctx::new(cx.st.clone(), start, end);
+        let cx = Ctx::for_topology(cx.st.clone(), start, end);
         tokio::spawn(async move { span_source(&cx, graph, &th, false).await })
     });
 
     let mut mesh_metrics = None;
     let mut mesh_graph = None;
     if source != "spans" {
-        let found = if sources::has_data(&cx, "istio_requests_total").await? {
-            Some(("istio", sources::istio(&cx, graph).await?))
+        // Istio's metrics when they give a graph, else Envoy's cluster stats.
+        let istio = sources::istio(&cx, graph).await?;
+        let found = if !istio.0.is_empty() {
+            Some(("istio", istio))
         } else if sources::has_data(&cx, "envoy_cluster_upstream_rq").await? {
             Some(("envoy", sources::envoy(&cx, graph).await?))
         } else {
@@ -381,9 +488,9 @@ pub async fn topology(st: QueryState, p: &HashMap<String, String>) -> Result<Top
     Ok(Topology {
         source,
         graph,
-        start: start as f64 / 1000.0,
+        start: cx.start_ms as f64 / 1000.0,
         end: end as f64 / 1000.0,
-        window_seconds: (end - start) as f64 / 1000.0,
+        window_seconds: (end - cx.start_ms) as f64 / 1000.0,
         mesh_metrics,
         exact,
         nodes,

@@ -192,27 +192,39 @@ fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
 /// p50/p95/p99 per edge from bucket rates (`le` plus the group labels), as
 /// PromQL's `histogram_quantile` computes them, times `scale`.
 fn quantiles_into(
-    rates: impl Iterator<Item = crate::promql::InstantSample>,
+    rates: impl Iterator<Item = (Labels, f64)>,
     scale: f64,
     extras: &mut Extras,
     key: impl Fn(&Labels) -> Option<(String, String)>,
 ) {
-    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
-    for s in rates {
-        let Some(le) = s
-            .labels
+    let rates: Vec<(Labels, f64)> = rates.collect();
+    // Grouped by every label but `le` and `reporter`, borrowed (no label
+    // set built per bucket); a group's first row stands for its labels.
+    type Group = (usize, Vec<(f64, f64)>);
+    let mut groups: HashMap<Vec<(&str, &str)>, Group, foldhash::fast::RandomState> =
+        HashMap::default();
+    for (i, (labels, value)) in rates.iter().enumerate() {
+        let Some(le) = labels
             .get("le")
             .and_then(crate::promql::functions::parse_le)
         else {
             continue;
         };
+        let k: Vec<(&str, &str)> = labels
+            .iter()
+            .filter(|l| l.name.as_ref() != "le" && l.name.as_ref() != "reporter")
+            .map(|l| (l.name.as_ref(), l.value.as_ref()))
+            .collect();
         groups
-            .entry(s.labels.without(|n| n == "le" || n == "reporter"))
-            .or_default()
-            .push((le, s.value));
+            .entry(k)
+            .or_insert_with(|| (i, Vec::new()))
+            .1
+            .push((le, *value));
     }
-    for (labels, mut buckets) in groups {
-        let Some(k) = key(&labels) else { continue };
+    for (_, (first, mut buckets)) in groups {
+        let Some(k) = key(&rates[first].0) else {
+            continue;
+        };
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         let q = |p: f64| {
             let mut b = buckets.clone();
@@ -241,14 +253,33 @@ pub async fn istio(
     cx: &Ctx,
     g: GraphType,
 ) -> Result<(Vec<Row>, Extras, Box<super::Queries>), TopoError> {
-    let group = istio_group(g).join(",");
+    let group_s = istio_group(g).join(",");
     let w = cx.w.clone();
     let sels = [
         r#"istio_requests_total{reporter="source"}"#,
         r#"istio_requests_total{reporter="destination",source_workload="unknown"}"#,
     ];
+    // The duration buckets (most of the series) are read on another task
+    // while this one reads the request counters.
+    let bucket_task = {
+        let cx = cx.clone();
+        let by: Vec<&'static str> = istio_group(g)
+            .into_iter()
+            .chain(["reporter", "le"])
+            .collect();
+        tokio::spawn(async move {
+            let mut wanted = Vec::new();
+            for sel in [
+                r#"istio_request_duration_milliseconds_bucket{reporter="source"}"#,
+                r#"istio_request_duration_milliseconds_bucket{reporter="destination",source_workload="unknown"}"#,
+            ] {
+                wanted.extend(cx.rates_by(sel, &by).await?);
+            }
+            Ok::<_, TopoError>(wanted)
+        })
+    };
     let mut rows = Vec::new();
-    let by = format!("{group},request_protocol,response_code,response_flags");
+    let by = format!("{group_s},request_protocol,response_code,response_flags");
     for sel in sels {
         for c in cx.counted(sel, &by).await? {
             let (src, dst) = istio_idents(&c.labels);
@@ -271,39 +302,28 @@ pub async fn istio(
         let (s, d) = istio_idents(l);
         (s.node(g, true).id, d.node(g, false).id)
     };
-    // Latency quantiles, per graph-type group (quantiles do not add up):
-    // one read of the buckets of both reporters, p50/p95/p99 from it as
-    // `histogram_quantile` computes them.
-    // Only the buckets that are wanted are read: the source reporter's, and
-    // the destination's for callers outside the mesh (the destination
-    // reporter's buckets are otherwise half of all the samples).
-    let mut wanted = Vec::new();
-    for sel in [
-        r#"reporter="source""#,
-        r#"reporter="destination",source_workload="unknown""#,
-    ] {
-        wanted.extend(
-            cx.instant(&format!(
-                "sum by ({group},reporter,le) (rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{w}]))"
-            ))
-            .await?,
-        );
-    }
-    quantiles_into(wanted.into_iter(), 1.0, &mut extras, |l| Some(edge_key(l)));
+    // The figures below are `sum by (...) (rate(...[w]))` at the window's
+    // end (the queries of each edge show them), computed without building
+    // a label set per series.
+    let group: Vec<&str> = istio_group(g);
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        group.iter().copied().chain(extra.iter().copied()).collect()
+    };
     // mTLS share, from the destination's view (sources report "unknown"):
     // one read, split by the policy.
     let all = cx
-        .instant(&format!(
-            "sum by ({group},connection_security_policy) (rate(istio_requests_total{{reporter=\"destination\"}}[{w}]))"
-        ))
+        .rates_by(
+            r#"istio_requests_total{reporter="destination"}"#,
+            &with(&["connection_security_policy"]),
+        )
         .await?;
     let mut acc: HashMap<(String, String), (f64, f64)> = HashMap::new();
-    for s in all {
-        let e = acc.entry(edge_key(&s.labels)).or_default();
-        if s.labels.get("connection_security_policy") == Some("mutual_tls") {
-            e.0 += s.value;
+    for (labels, value) in all {
+        let e = acc.entry(edge_key(&labels)).or_default();
+        if labels.get("connection_security_policy") == Some("mutual_tls") {
+            e.0 += value;
         }
-        e.1 += s.value;
+        e.1 += value;
     }
     for (k, (m, t)) in acc {
         if t > 0.0 {
@@ -316,19 +336,26 @@ pub async fn istio(
         ("istio_tcp_received_bytes_total", false),
     ] {
         let r = cx
-            .instant(&format!(
-                "sum by ({group}) (rate({metric}{{reporter=\"source\"}}[{w}]))"
-            ))
+            .rates_by(&format!("{metric}{{reporter=\"source\"}}"), &group)
             .await?;
-        for s in r {
-            let t: &mut Tcp = extras.tcp.entry(edge_key(&s.labels)).or_default();
+        for (labels, value) in r {
+            let t: &mut Tcp = extras.tcp.entry(edge_key(&labels)).or_default();
             if sent {
-                t.sent_bytes_per_second += s.value;
+                t.sent_bytes_per_second += value;
             } else {
-                t.received_bytes_per_second += s.value;
+                t.received_bytes_per_second += value;
             }
         }
     }
+    // Latency quantiles, per graph-type group (quantiles do not add up),
+    // as `histogram_quantile` computes them from the bucket rates. Only the
+    // buckets that are wanted were read: the source reporter's, and the
+    // destination's for callers outside the mesh (the destination
+    // reporter's buckets are otherwise half of all the samples).
+    let wanted = bucket_task
+        .await
+        .map_err(|e| TopoError::Internal(format!("bucket read task: {e}")))??;
+    quantiles_into(wanted.into_iter(), 1.0, &mut extras, |l| Some(edge_key(l)));
     let wq = w.clone();
     Ok((
         rows,
@@ -511,7 +538,12 @@ pub async fn envoy(
             "sum by ({node_by},le) (rate(envoy_cluster_upstream_rq_time_bucket{{{cl}=~\"outbound\\\\|.*\"}}[{w}]))"
         ))
         .await?;
-    quantiles_into(rates.into_iter(), 1.0, &mut extras, edge_key);
+    quantiles_into(
+        rates.into_iter().map(|s| (s.labels, s.value)),
+        1.0,
+        &mut extras,
+        edge_key,
+    );
     for (metric, which) in [
         ("envoy_cluster_upstream_rq_pending_overflow", 0),
         ("envoy_cluster_upstream_cx_overflow", 0),
@@ -759,13 +791,12 @@ pub async fn spans(
     }
     let mut extras = Extras::default();
     let group = match g {
-        GraphType::Workload | GraphType::VersionedApp => SPAN_EDGE.to_string(),
-        _ => "client,server,connection_type,client_namespace,server_namespace".to_string(),
+        GraphType::Workload | GraphType::VersionedApp => SPAN_EDGE,
+        _ => "client,server,connection_type,client_namespace,server_namespace",
     };
+    let by: Vec<&str> = group.split(',').chain(["le"]).collect();
     let rates = cx
-        .instant(&format!(
-            "sum by ({group},le) (rate(traces_service_graph_request_server_seconds_bucket[{w}]))"
-        ))
+        .rates_by("traces_service_graph_request_server_seconds_bucket", &by)
         .await?;
     quantiles_into(rates.into_iter(), 1000.0, &mut extras, |l| {
         let (a, b) = span_idents(l, &traced);

@@ -4,12 +4,14 @@
 mod catalog;
 pub mod exemplars;
 pub mod model;
+pub mod rollup;
 mod sfiles;
 mod store;
 mod walrec;
 
 pub use exemplars::{Exemplar, ExemplarStore, SeriesExemplars};
 pub use model::*;
+pub use rollup::Summary;
 pub use sfiles::SampleFile;
 pub(crate) use store::OpenArgs;
 pub use store::{SampleConfig, SampleStats, SampleStore};

@@ -104,6 +104,25 @@ impl Labels {
             .map(|i| self.0[i].value.as_ref())
     }
 
+    /// The values of `names` (sorted, unique) into `out`, "" for a missing
+    /// one: one merge pass over the labels instead of a search per name.
+    pub fn get_sorted<'a>(&'a self, names: &[&str], out: &mut Vec<&'a str>) {
+        debug_assert!(names.windows(2).all(|w| w[0] < w[1]));
+        out.clear();
+        let mut i = 0;
+        for n in names {
+            while i < self.0.len() && self.0[i].name.as_ref() < *n {
+                i += 1;
+            }
+            if i < self.0.len() && self.0[i].name.as_ref() == *n {
+                out.push(self.0[i].value.as_ref());
+                i += 1;
+            } else {
+                out.push("");
+            }
+        }
+    }
+
     pub fn metric_name(&self) -> Option<&str> {
         self.get(METRIC_NAME)
     }

@@ -5,6 +5,7 @@
 use super::catalog::{self, Catalog};
 use super::exemplars::ExemplarStore;
 use super::model::*;
+use super::rollup::{CellsBuilder, FileCells, Part, Summary};
 use super::sfiles::{self, FileBuilder, PARTITION_MS, SampleFile};
 use super::walrec::{self, Record};
 use crate::error::{Result, StorageError};
@@ -44,6 +45,10 @@ pub struct SampleConfig {
     /// (least recently used out first); 0 reads ranges from the object
     /// store every time. Plays the part of Prometheus's page cache.
     pub read_cache_bytes: usize,
+    /// Bytes of per-minute summaries of sample files kept in memory (least
+    /// recently used out first), so range functions over long windows do
+    /// not decode every sample; 0 turns them off (every read is raw).
+    pub rollup_cache_bytes: usize,
     /// Exemplars kept in memory (a ring; 0 keeps none).
     pub max_exemplars: usize,
 }
@@ -59,6 +64,7 @@ impl Default for SampleConfig {
             flush_samples: 8_000_000,
             flush_age: Duration::from_secs(15 * 60),
             read_cache_bytes: 256 << 20,
+            rollup_cache_bytes: 256 << 20,
             max_exemplars: super::exemplars::DEFAULT_MAX_EXEMPLARS,
         }
     }
@@ -144,51 +150,88 @@ struct Inner {
     file_meta: Mutex<HashMap<String, ArrowReaderMetadata>>,
     /// Whole files read for queries, least recently used out first.
     file_bytes: Mutex<ByteCache>,
+    /// Per-minute summaries of files (see [`rollup`]).
+    file_cells: Mutex<Lru<Arc<FileCells>>>,
 }
 
-/// An LRU of whole-file contents, bounded in bytes.
-struct ByteCache {
+/// An LRU keyed by file path, bounded in bytes: whole-file contents for
+/// queries, and the per-minute summaries of files.
+struct Lru<V: Clone> {
     budget: usize,
     bytes: usize,
     tick: u64,
-    map: HashMap<String, (bytes::Bytes, u64)>,
+    map: HashMap<String, (V, usize, u64)>,
 }
 
-impl ByteCache {
-    fn get(&mut self, path: &str) -> Option<bytes::Bytes> {
+type ByteCache = Lru<bytes::Bytes>;
+
+impl<V: Clone> Lru<V> {
+    fn new(budget: usize) -> Self {
+        Lru {
+            budget,
+            bytes: 0,
+            tick: 0,
+            map: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Option<V> {
         self.tick += 1;
         let t = self.tick;
         self.map.get_mut(path).map(|e| {
-            e.1 = t;
+            e.2 = t;
             e.0.clone()
         })
     }
 
-    fn put(&mut self, path: &str, b: bytes::Bytes) {
-        if b.len() > self.budget {
+    fn put(&mut self, path: &str, v: V, size: usize) {
+        if size > self.budget {
             return;
         }
         self.tick += 1;
-        self.bytes += b.len();
-        if let Some(old) = self.map.insert(path.to_string(), (b, self.tick)) {
-            self.bytes -= old.0.len();
+        self.bytes += size;
+        if let Some(old) = self.map.insert(path.to_string(), (v, size, self.tick)) {
+            self.bytes -= old.1;
         }
         while self.bytes > self.budget {
-            let Some(oldest) = self.map.iter().min_by_key(|e| e.1.1).map(|e| e.0.clone()) else {
+            let Some(oldest) = self.map.iter().min_by_key(|e| e.1.2).map(|e| e.0.clone()) else {
                 break;
             };
             if let Some(e) = self.map.remove(&oldest) {
-                self.bytes -= e.0.len();
+                self.bytes -= e.1;
             }
         }
     }
 
     fn remove(&mut self, path: &str) {
         if let Some(e) = self.map.remove(path) {
-            self.bytes -= e.0.len();
+            self.bytes -= e.1;
         }
     }
 }
+
+/// Sorts samples by time, keeping the last of equal times (stable: arrival
+/// order among equal times).
+fn sorted_unique(pts: &mut Vec<(i64, f64)>) {
+    if pts.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    pts.sort_by_key(|p| p.0);
+    let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(pts.len());
+    for p in pts.drain(..) {
+        match dedup.last_mut() {
+            Some(last) if last.0 == p.0 => *last = p,
+            _ => dedup.push(p),
+        }
+    }
+    *pts = dedup;
+}
+
+type Snapshot = (
+    Arc<Vec<SampleFile>>,
+    Option<Arc<Vec<SeriesBuf>>>,
+    Vec<(u32, Vec<(i64, f64)>)>,
+);
 
 type Accepted = Vec<(u32, Vec<(i64, f64)>)>;
 type RotateReply = std::io::Result<Option<(Arc<Vec<SeriesBuf>>, u64, u64)>>;
@@ -272,6 +315,11 @@ fn describe_metrics(t: &Telemetry) {
         "meshlens_samples_flushes_total",
         "counter",
         "Head flushes to Parquet, by outcome.",
+    );
+    t.describe(
+        "meshlens_samples_summarized_series_total",
+        "counter",
+        "Series summarised for long-window range functions, by how their files were read (per-minute summaries, or raw samples when a window edge cuts a minute).",
     );
     t.describe(
         "meshlens_samples_catalog_bytes",
@@ -396,6 +444,7 @@ impl SampleStore {
         );
 
         let read_cache_bytes = args.samples.read_cache_bytes;
+        let rollup_cache_bytes = args.samples.rollup_cache_bytes;
         let exemplars = ExemplarStore::open(&args.data_dir, args.samples.max_exemplars);
         let inner = Arc::new(Inner {
             catalog: RwLock::new(cat),
@@ -408,12 +457,8 @@ impl SampleStore {
             flush_wanted: Notify::new(),
             file_series: RwLock::new(file_series),
             file_meta: Mutex::new(HashMap::new()),
-            file_bytes: Mutex::new(ByteCache {
-                budget: read_cache_bytes,
-                bytes: 0,
-                tick: 0,
-                map: HashMap::new(),
-            }),
+            file_bytes: Mutex::new(Lru::new(read_cache_bytes)),
+            file_cells: Mutex::new(Lru::new(rollup_cache_bytes)),
         });
         let (tx, rx) = mpsc::channel();
         let thread_inner = inner.clone();
@@ -780,35 +825,33 @@ impl SampleStore {
         if ords.is_empty() {
             return Ok(vec![]);
         }
+        let got = self.select_ords(&ords, start, end).await?;
+        let cat = self.inner.catalog.read();
+        let mut out: Vec<SeriesData> = got
+            .into_iter()
+            .map(|(o, pts)| SeriesData {
+                labels: cat.labels(o).clone(),
+                timestamps: pts.iter().map(|p| p.0).collect(),
+                values: pts.iter().map(|p| p.1).collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    /// The samples of the series `ords` in `[start, end]`, per series
+    /// sorted by time with unique times (series without any left out).
+    async fn select_ords(
+        &self,
+        ords: &RoaringBitmap,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(u32, Vec<(i64, f64)>)>> {
         // Collected (ts, v) per wanted series, indexed like `wanted` (sorted
         // file ids) so a sample costs no hashing; files first, then head
         // (newer wins on ties).
-        let (files, flushing, head_part) = {
-            let h = self.inner.head.lock();
-            let mut head_part: Vec<(u32, Vec<(i64, f64)>)> = Vec::new();
-            for o in ords.iter() {
-                if let Some(b) = h.series.get(o as usize) {
-                    let v: Vec<(i64, f64)> =
-                        b.ts.iter()
-                            .zip(&b.v)
-                            .filter(|(t, _)| **t >= start && **t <= end)
-                            .map(|(t, v)| (*t, *v))
-                            .collect();
-                    if !v.is_empty() {
-                        head_part.push((o, v));
-                    }
-                }
-            }
-            (h.files.clone(), h.flushing.clone(), head_part)
-        };
-        let (wanted, ord_of) = {
-            let cat = self.inner.catalog.read();
-            let mut pairs: Vec<(i64, u32)> = ords.iter().map(|o| (cat.id(o) as i64, o)).collect();
-            pairs.sort_unstable();
-            pairs.dedup_by_key(|p| p.0);
-            let ord_of: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-            (pairs.into_iter().map(|p| p.0).collect::<Vec<i64>>(), ord_of)
-        };
+        let (files, flushing, head_part) = self.snapshot(ords, start, end);
+        let (wanted, ord_of) = self.wanted_ids(ords);
         let slot_of: HashMap<u32, usize> =
             ord_of.iter().enumerate().map(|(k, o)| (*o, k)).collect();
         let mut acc: Vec<Vec<(i64, f64)>> = vec![Vec::new(); wanted.len()];
@@ -821,7 +864,7 @@ impl SampleStore {
                 .file_series
                 .read()
                 .get(&f.path)
-                .is_none_or(|bm| !bm.is_disjoint(&ords));
+                .is_none_or(|bm| !bm.is_disjoint(ords));
             if !overlap {
                 continue;
             }
@@ -874,33 +917,285 @@ impl SampleStore {
                 acc[k].extend(v);
             }
         }
-        let cat = self.inner.catalog.read();
-        let mut out: Vec<SeriesData> = Vec::with_capacity(acc.len());
+        let mut out = Vec::with_capacity(acc.len());
         for (k, mut pts) in acc.into_iter().enumerate() {
-            let o = ord_of[k];
             if pts.is_empty() {
                 continue;
             }
-            // Stable sort keeps arrival order among equal times: the last wins.
-            if !pts.windows(2).all(|w| w[0].0 < w[1].0) {
-                pts.sort_by_key(|p| p.0);
-                let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(pts.len());
-                for p in pts {
-                    match dedup.last_mut() {
-                        Some(last) if last.0 == p.0 => *last = p,
-                        _ => dedup.push(p),
+            sorted_unique(&mut pts);
+            out.push((ord_of[k], pts));
+        }
+        Ok(out)
+    }
+
+    /// The head's samples of `ords` in `[start, end]` (arrival order), and
+    /// the files and the head being flushed, as of now.
+    fn snapshot(&self, ords: &RoaringBitmap, start: i64, end: i64) -> Snapshot {
+        let h = self.inner.head.lock();
+        let mut head_part: Vec<(u32, Vec<(i64, f64)>)> = Vec::new();
+        for o in ords.iter() {
+            if let Some(b) = h.series.get(o as usize) {
+                let v: Vec<(i64, f64)> =
+                    b.ts.iter()
+                        .zip(&b.v)
+                        .filter(|(t, _)| **t >= start && **t <= end)
+                        .map(|(t, v)| (*t, *v))
+                        .collect();
+                if !v.is_empty() {
+                    head_part.push((o, v));
+                }
+            }
+        }
+        (h.files.clone(), h.flushing.clone(), head_part)
+    }
+
+    /// The series ids of `ords`, sorted (as in files), and the ordinal of each.
+    fn wanted_ids(&self, ords: &RoaringBitmap) -> (Vec<i64>, Vec<u32>) {
+        let cat = self.inner.catalog.read();
+        let mut pairs: Vec<(i64, u32)> = ords.iter().map(|o| (cat.id(o) as i64, o)).collect();
+        pairs.sort_unstable();
+        pairs.dedup_by_key(|p| p.0);
+        let ord_of: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        (pairs.into_iter().map(|p| p.0).collect::<Vec<i64>>(), ord_of)
+    }
+
+    /// Per series matching every matcher, a [`Summary`] of its samples in
+    /// `[start, end]` (ms, inclusive; staleness markers left out), in no
+    /// particular order; series without samples there are left out. The same as
+    /// summarising what [`SampleStore::select`] returns, but files are read
+    /// through their per-minute summaries: a window whose edges fall on
+    /// whole minutes (`start` = k·60 s + 1) decodes no sample of any file.
+    /// Series whose file summaries do not line up (a cell cut by an edge,
+    /// overlapping files) are read raw.
+    pub async fn summarize(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Summary)>> {
+        let (labels, sums) = self.summarize_flat(matchers, &[(start, end)]).await?;
+        Ok(labels
+            .into_iter()
+            .zip(sums)
+            .filter_map(|(l, s)| s.map(|s| (l, s)))
+            .collect())
+    }
+
+    /// [`SampleStore::summarize`] for several windows at once: per series
+    /// with a sample in any of them (in no particular order), one summary
+    /// per window (in the order of `windows`).
+    pub async fn summarize_windows(
+        &self,
+        matchers: &[Matcher],
+        windows: &[(i64, i64)],
+    ) -> Result<Vec<(Labels, Vec<Option<Summary>>)>> {
+        let nw = windows.len().max(1);
+        let (labels, sums) = self.summarize_flat(matchers, windows).await?;
+        Ok(labels
+            .into_iter()
+            .zip(sums.chunks(nw))
+            .map(|(l, ch)| (l, ch.to_vec()))
+            .collect())
+    }
+
+    /// The series (with a sample in some window) and their summaries, one
+    /// per window, flat: series `k`'s are at `k * windows.len() ..`.
+    async fn summarize_flat(
+        &self,
+        matchers: &[Matcher],
+        windows: &[(i64, i64)],
+    ) -> Result<(Vec<Labels>, Vec<Option<Summary>>)> {
+        let ords = self.inner.catalog.read().select(matchers);
+        if ords.is_empty() || windows.is_empty() {
+            return Ok((vec![], vec![]));
+        }
+        let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
+        let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
+        let (files, flushing, head_part) = self.snapshot(&ords, lo, hi);
+        let (wanted, ord_of) = self.wanted_ids(&ords);
+        let n = wanted.len();
+        let nw = windows.len();
+        // Per series and window (index k * nw + w).
+        let mut acc: Vec<Option<Summary>> = vec![None; n * nw];
+        let mut raw = vec![self.inner.file_cells.lock().budget == 0; n * nw];
+        // Pieces must come in time order: files by their first sample.
+        let mut files: Vec<&SampleFile> = files
+            .iter()
+            .filter(|f| f.max_ts >= lo && f.min_ts <= hi)
+            .filter(|f| {
+                self.inner
+                    .file_series
+                    .read()
+                    .get(&f.path)
+                    .is_none_or(|bm| !bm.is_disjoint(&ords))
+            })
+            .collect();
+        files.sort_by(|a, b| (a.min_ts, &a.path).cmp(&(b.min_ts, &b.path)));
+        let add =
+            |acc: &mut [Option<Summary>], raw: &mut [bool], i: usize, s: Summary| match &mut acc[i]
+            {
+                None => acc[i] = Some(s),
+                Some(a) if s.first_t > a.last_t => a.append(&s),
+                Some(_) => raw[i] = true,
+            };
+        let slot_of: HashMap<u32, usize> =
+            ord_of.iter().enumerate().map(|(k, o)| (*o, k)).collect();
+        if !raw.iter().all(|r| *r) {
+            for f in files {
+                let Some(cells) = self.file_cells(f, &ords).await? else {
+                    // Few of the file's series are wanted: cheaper to read
+                    // those raw than to summarise the whole file.
+                    if let Some(bm) = self.inner.file_series.read().get(&f.path) {
+                        for o in bm.as_ref() & &ords {
+                            if let Some(&k) = slot_of.get(&o) {
+                                raw[k * nw..(k + 1) * nw].fill(true);
+                            }
+                        }
+                    }
+                    continue;
+                };
+                cells.join(&wanted, |k, j| {
+                    for (w, &(a, b)) in windows.iter().enumerate() {
+                        let i = k * nw + w;
+                        if raw[i] {
+                            continue;
+                        }
+                        match cells.part(j, a, b) {
+                            Part::Partial => raw[i] = true,
+                            Part::Whole(None) => {}
+                            Part::Whole(Some(s)) => add(&mut acc, &mut raw, i, s),
+                        }
+                    }
+                });
+            }
+        }
+        // The head being flushed, then the head: raw, in memory.
+        let mut pieces = |k: usize, pts: &mut Vec<(i64, f64)>| {
+            sorted_unique(pts);
+            let (ts, vs): (Vec<i64>, Vec<f64>) = pts.iter().copied().unzip();
+            for (w, &(a, b)) in windows.iter().enumerate() {
+                let i = k * nw + w;
+                let x = ts.partition_point(|&t| t < a);
+                let y = ts.partition_point(|&t| t <= b);
+                if !raw[i]
+                    && let Some(s) = Summary::of(&ts[x..y], &vs[x..y])
+                {
+                    add(&mut acc, &mut raw, i, s);
+                }
+            }
+        };
+        if let Some(fl) = &flushing {
+            for (k, &o) in ord_of.iter().enumerate() {
+                let Some(b) = fl.get(o as usize) else {
+                    continue;
+                };
+                let mut pts: Vec<(i64, f64)> =
+                    b.ts.iter()
+                        .zip(&b.v)
+                        .filter(|(t, _)| **t >= lo && **t <= hi)
+                        .map(|(t, v)| (*t, *v))
+                        .collect();
+                if !pts.is_empty() {
+                    pieces(k, &mut pts);
+                }
+            }
+        }
+        for (o, mut pts) in head_part {
+            if let Some(&k) = slot_of.get(&o) {
+                pieces(k, &mut pts);
+            }
+        }
+        // Whatever did not line up: from the raw samples.
+        let mut again = RoaringBitmap::new();
+        let mut n_raw = 0;
+        for k in 0..n {
+            if raw[k * nw..(k + 1) * nw].iter().any(|r| *r) {
+                again.insert(ord_of[k]);
+                n_raw += 1;
+            }
+        }
+        for (a, r) in acc.iter_mut().zip(&raw) {
+            if *r {
+                *a = None;
+            }
+        }
+        let t = &self.inner.telemetry;
+        t.inc(
+            "meshlens_samples_summarized_series_total",
+            &[("read", "summaries")],
+            (n - n_raw) as f64,
+        );
+        t.inc(
+            "meshlens_samples_summarized_series_total",
+            &[("read", "raw")],
+            n_raw as f64,
+        );
+        if !again.is_empty() {
+            for (o, pts) in self.select_ords(&again, lo, hi).await? {
+                let Some(&k) = slot_of.get(&o) else { continue };
+                let (ts, vs): (Vec<i64>, Vec<f64>) = pts.into_iter().unzip();
+                for (w, &(a, b)) in windows.iter().enumerate() {
+                    let i = k * nw + w;
+                    if raw[i] {
+                        let x = ts.partition_point(|&t| t < a);
+                        let y = ts.partition_point(|&t| t <= b);
+                        acc[i] = Summary::of(&ts[x..y], &vs[x..y]);
                     }
                 }
-                pts = dedup;
             }
-            out.push(SeriesData {
-                labels: cat.labels(o).clone(),
-                timestamps: pts.iter().map(|p| p.0).collect(),
-                values: pts.iter().map(|p| p.1).collect(),
-            });
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
+        let cat = self.inner.catalog.read();
+        let mut labels = Vec::with_capacity(n);
+        let mut sums = Vec::with_capacity(n * nw);
+        for (k, ch) in acc.chunks(nw).enumerate() {
+            if ch.iter().any(|s| s.is_some()) {
+                labels.push(cat.labels(ord_of[k]).clone());
+                sums.extend_from_slice(ch);
+            }
+        }
+        Ok((labels, sums))
+    }
+
+    /// The per-minute summaries of a file: cached, or built by reading it
+    /// when at least a tenth of its series are wanted (None otherwise).
+    async fn file_cells(
+        &self,
+        f: &SampleFile,
+        wanted: &RoaringBitmap,
+    ) -> Result<Option<Arc<FileCells>>> {
+        if let Some(c) = self.inner.file_cells.lock().get(&f.path) {
+            return Ok(Some(c));
+        }
+        if let Some(bm) = self.inner.file_series.read().get(&f.path)
+            && bm.intersection_len(wanted) * 10 < bm.len()
+        {
+            return Ok(None);
+        }
+        let mut b = CellsBuilder::new();
+        let (mut id, mut ts, mut vs) = (None, Vec::new(), Vec::new());
+        sfiles::read_all(self.inner.store.clone(), f, |i, t, v| {
+            if id != Some(i) {
+                if let Some(prev) = id {
+                    b.push_series(prev, &ts, &vs);
+                }
+                id = Some(i);
+                ts.clear();
+                vs.clear();
+            }
+            ts.push(t);
+            vs.push(v);
+        })
+        .await?;
+        if let Some(prev) = id {
+            b.push_series(prev, &ts, &vs);
+        }
+        let cells = Arc::new(b.finish());
+        let size = cells.bytes();
+        self.inner
+            .file_cells
+            .lock()
+            .put(&f.path, cells.clone(), size);
+        Ok(Some(cells))
     }
 
     /// The whole file from the read cache (loading it), or None when the
@@ -919,7 +1214,10 @@ impl SampleStore {
             .await?
             .bytes()
             .await?;
-        self.inner.file_bytes.lock().put(&f.path, b.clone());
+        self.inner
+            .file_bytes
+            .lock()
+            .put(&f.path, b.clone(), b.len());
         Ok(Some(b))
     }
 
@@ -1116,7 +1414,7 @@ impl SampleStore {
         w: PartWriter,
     ) -> Result<SampleFile> {
         let path = sfiles::file_path(partition, id);
-        let (bytes, stats, bm) = w.finish()?;
+        let (bytes, stats, bm, cells) = w.finish()?;
         let mut side = Vec::new();
         bm.serialize_into(&mut side)?;
         self.inner
@@ -1135,6 +1433,11 @@ impl SampleStore {
             .file_series
             .write()
             .insert(path.clone(), Arc::new(bm));
+        let size = cells.bytes();
+        self.inner
+            .file_cells
+            .lock()
+            .put(&path, Arc::new(cells), size);
         Ok(SampleFile {
             path,
             partition,
@@ -1174,10 +1477,12 @@ impl SampleStore {
             let mut fs = self.inner.file_series.write();
             let mut fm = self.inner.file_meta.lock();
             let mut fb = self.inner.file_bytes.lock();
+            let mut fc = self.inner.file_cells.lock();
             for p in remove {
                 fs.remove(p);
                 fm.remove(p);
                 fb.remove(p);
+                fc.remove(p);
             }
         }
         let store = self.inner.store.clone();
@@ -1300,6 +1605,7 @@ impl SampleStore {
 struct PartWriter {
     writer: ArrowWriter<Vec<u8>>,
     builder: FileBuilder,
+    cells: CellsBuilder,
     bitmap: RoaringBitmap,
     stats: PartStats,
 }
@@ -1317,6 +1623,7 @@ impl PartWriter {
         Ok(PartWriter {
             writer: sfiles::writer(Vec::new())?,
             builder: FileBuilder::new(),
+            cells: CellsBuilder::new(),
             bitmap: RoaringBitmap::new(),
             stats: PartStats {
                 min_ts: i64::MAX,
@@ -1338,6 +1645,7 @@ impl PartWriter {
         self.stats.min_ts = self.stats.min_ts.min(ts[0]);
         self.stats.max_ts = self.stats.max_ts.max(ts[ts.len() - 1]);
         self.builder.push_series(id, ts, vs);
+        self.cells.push_series(id as i64, ts, vs);
         if self.builder.rows >= 64 * 1024 {
             let b = std::mem::replace(&mut self.builder, FileBuilder::new());
             self.writer.write(&b.finish()?)?;
@@ -1345,12 +1653,12 @@ impl PartWriter {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(Vec<u8>, PartStats, RoaringBitmap)> {
+    fn finish(mut self) -> Result<(Vec<u8>, PartStats, RoaringBitmap, FileCells)> {
         if self.builder.rows > 0 {
             self.writer.write(&self.builder.finish()?)?;
         }
         let bytes = self.writer.into_inner()?;
-        Ok((bytes, self.stats, self.bitmap))
+        Ok((bytes, self.stats, self.bitmap, self.cells.finish()))
     }
 }
 
