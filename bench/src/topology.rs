@@ -308,9 +308,13 @@ pub async fn run(dir: PathBuf, services: usize, rps: f64, runs: usize) -> anyhow
                 .counter("meshlens_samples_summarized_series_total", &[("read", r)])
         };
         println!(
-            "  series summarised so far: {} from per-minute summaries, {} raw",
+            "  series summarised so far: {} from per-minute summaries, {} raw; summaries in memory: {:.0} MB",
             c("summaries"),
-            c("raw")
+            c("raw"),
+            storage
+                .telemetry()
+                .gauge("meshlens_samples_rollup_cache_bytes", &[])
+                / 1e6
         );
         println!(
             "topology source={source} graph={graph} window=1h: median {:.0} ms, min {:.0} ms, max {:.0} ms ({runs} runs; {shape})",

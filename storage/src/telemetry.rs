@@ -81,6 +81,16 @@ impl Telemetry {
         h.count += 1;
     }
 
+    /// Current value of a gauge (0 when never set).
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> f64 {
+        self.inner
+            .lock()
+            .gauges
+            .get(&key(name, labels))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     /// Current value of a counter (tests and the budget checks read it).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> f64 {
         self.inner

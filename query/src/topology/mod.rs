@@ -8,6 +8,8 @@ pub mod model;
 pub mod nodegraph;
 pub mod red;
 pub mod sources;
+#[cfg(test)]
+mod tests;
 
 use crate::QueryState;
 use crate::prom::params::{parse_duration_ms, parse_time};
@@ -146,9 +148,12 @@ impl Ctx {
         let mut by: Vec<&str> = by.to_vec();
         by.sort_unstable();
         by.dedup();
-        let mut groups: HashMap<Vec<&str>, f64, foldhash::fast::RandomState> = HashMap::default();
+        // Group -> (a series of it, sum); labels are built once per group,
+        // from that series' (interned) strings.
+        let mut groups: HashMap<Vec<&str>, (usize, f64), foldhash::fast::RandomState> =
+            HashMap::default();
         let mut key: Vec<&str> = Vec::with_capacity(by.len());
-        for (labels, s) in &data {
+        for (i, (labels, s)) in data.iter().enumerate() {
             let Some(v) =
                 crate::promql::functions::extrapolated_rate_of(s, self.end_ms, range, true, true)
             else {
@@ -156,24 +161,15 @@ impl Ctx {
             };
             labels.get_sorted(&by, &mut key);
             match groups.get_mut(&key) {
-                Some(x) => *x += v,
+                Some(x) => x.1 += v,
                 None => {
-                    groups.insert(key.clone(), v);
+                    groups.insert(key.clone(), (i, v));
                 }
             }
         }
         Ok(groups
-            .into_iter()
-            .map(|(k, v)| {
-                let l = Labels::new(
-                    by.iter()
-                        .zip(&k)
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(n, v)| (*n, *v)),
-                )
-                .unwrap_or_default();
-                (l, v)
-            })
+            .into_values()
+            .map(|(i, v)| (data[i].0.without(|n| by.binary_search(&n).is_err()), v))
             .collect())
     }
 
@@ -274,15 +270,16 @@ impl Ctx {
         let mut by = by;
         by.sort_unstable();
         by.dedup();
-        let mut groups: HashMap<Vec<&str>, Vec<f64>, foldhash::fast::RandomState> =
+        // Group -> (a series of it, per-window sums).
+        let mut groups: HashMap<Vec<&str>, (usize, Vec<f64>), foldhash::fast::RandomState> =
             HashMap::default();
         let mut key: Vec<&str> = Vec::with_capacity(by.len());
-        for (labels, sums) in &data {
+        for (i, (labels, sums)) in data.iter().enumerate() {
             labels.get_sorted(&by, &mut key);
             if !groups.contains_key(&key) {
-                groups.insert(key.clone(), vec![0.0; windows.len()]);
+                groups.insert(key.clone(), (i, vec![0.0; windows.len()]));
             }
-            let Some(acc) = groups.get_mut(&key) else {
+            let Some((_, acc)) = groups.get_mut(&key) else {
                 continue;
             };
             for (w, a) in acc.iter_mut().enumerate() {
@@ -296,14 +293,8 @@ impl Ctx {
                 *a += first + s.counter_increase();
             }
         }
-        for (k, acc) in groups {
-            let l = Labels::new(
-                by.iter()
-                    .zip(&k)
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(n, v)| (*n, *v)),
-            )
-            .unwrap_or_default();
+        for (i, acc) in groups.into_values() {
+            let l = data[i].0.without(|n| by.binary_search(&n).is_err());
             for (o, a) in out.iter_mut().zip(acc) {
                 *o.entry(l.clone()).or_default() += a;
             }

@@ -141,6 +141,9 @@ pub(crate) struct FileCells {
     /// `cells[starts[k]..starts[k + 1]]` are the cells of `ids[k]`.
     starts: Vec<u32>,
     cells: Vec<Cell>,
+    /// Every sample of `ids[k]` in the file, summarised: what a window
+    /// holding the whole file reads, in id order (no cell lookups).
+    whole: Vec<Summary>,
 }
 
 /// How a file's cells of one series relate to a window.
@@ -154,19 +157,36 @@ pub(crate) enum Part {
 
 impl FileCells {
     pub(crate) fn bytes(&self) -> usize {
-        self.ids.len() * 12 + self.cells.len() * std::mem::size_of::<Cell>() + 64
+        self.ids.len() * (12 + std::mem::size_of::<Summary>())
+            + self.cells.len() * std::mem::size_of::<Cell>()
+            + 64
+    }
+
+    /// Every sample of series `k` (an index from [`FileCells::join`]).
+    #[inline]
+    pub(crate) fn whole(&self, k: usize) -> Summary {
+        self.whole[k]
     }
 
     /// Index of each wanted id (sorted) in this file, by merging the two
     /// sorted lists: calls `f(slot in wanted, index here)`.
     pub(crate) fn join(&self, wanted: &[i64], mut f: impl FnMut(usize, usize)) {
         let (mut i, mut j) = (0, 0);
-        while i < wanted.len() && j < self.ids.len() {
-            match wanted[i].cmp(&self.ids[j]) {
+        let ids = &self.ids;
+        while i < wanted.len() && j < ids.len() {
+            match wanted[i].cmp(&ids[j]) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Greater => {
-                    // Skip ahead when the file has many series not wanted.
-                    j += self.ids[j..].partition_point(|&x| x < wanted[i]);
+                    // Gallop: usually the next wanted id is a few ahead
+                    // (sequential reads); far ahead, a search in the range.
+                    let w = wanted[i];
+                    let mut step = 1;
+                    while j + step < ids.len() && ids[j + step] < w {
+                        j += step;
+                        step *= 2;
+                    }
+                    let end = (j + step + 1).min(ids.len());
+                    j += ids[j..end].partition_point(|&x| x < w);
                 }
                 std::cmp::Ordering::Equal => {
                     f(i, j);
@@ -271,6 +291,9 @@ impl CellsBuilder {
     /// One series' samples, sorted by time with unique times. Series must
     /// come in increasing id order.
     pub(crate) fn push_series(&mut self, id: i64, ts: &[i64], vs: &[f64]) {
+        let Some(whole) = Summary::of(ts, vs) else {
+            return;
+        };
         let mut open: Option<(i64, Summary)> = None;
         let before = self.out.cells.len();
         (self.cum_resets, self.cum_count, self.last_v) = (0.0, 0, None);
@@ -297,6 +320,7 @@ impl CellsBuilder {
                 self.out.starts.push(before as u32);
             }
             self.out.ids.push(id);
+            self.out.whole.push(whole);
             self.out.starts.push(self.out.cells.len() as u32);
         }
     }
@@ -382,6 +406,10 @@ mod tests {
                 assert!(fc.ids.is_empty());
                 continue;
             }
+            assert_eq!(
+                Some(fc.whole(0)).map(|s| (s.first_t, s.last_t, s.count)),
+                Summary::of(&ts, &vs).map(|s| (s.first_t, s.last_t, s.count))
+            );
             let lo0 = ts[0] - 100_000;
             let hi0 = ts[ts.len() - 1] + 100_000;
             for _ in 0..20 {

@@ -317,6 +317,11 @@ fn describe_metrics(t: &Telemetry) {
         "Head flushes to Parquet, by outcome.",
     );
     t.describe(
+        "meshlens_samples_rollup_cache_bytes",
+        "gauge",
+        "Bytes of per-minute summaries of sample files held in memory (--rollup-cache-bytes bounds it).",
+    );
+    t.describe(
         "meshlens_samples_summarized_series_total",
         "counter",
         "Series summarised for long-window range functions, by how their files were read (per-minute summaries, or raw samples when a window edge cuts a minute).",
@@ -1054,10 +1059,20 @@ impl SampleStore {
                     }
                     continue;
                 };
+                // Windows holding the whole file read each series' file
+                // summary; the others its cells at the window's ends.
+                let inside: Vec<bool> = windows
+                    .iter()
+                    .map(|&(a, b)| a <= f.min_ts && f.max_ts <= b)
+                    .collect();
                 cells.join(&wanted, |k, j| {
                     for (w, &(a, b)) in windows.iter().enumerate() {
                         let i = k * nw + w;
                         if raw[i] {
+                            continue;
+                        }
+                        if inside[w] {
+                            add(&mut acc, &mut raw, i, cells.whole(j));
                             continue;
                         }
                         match cells.part(j, a, b) {
@@ -1260,6 +1275,11 @@ impl SampleStore {
             "meshlens_samples_catalog_bytes",
             &[],
             self.inner.catalog.read().bytes as f64,
+        );
+        t.set(
+            "meshlens_samples_rollup_cache_bytes",
+            &[],
+            self.inner.file_cells.lock().bytes as f64,
         );
     }
 
