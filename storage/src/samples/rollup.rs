@@ -333,6 +333,14 @@ impl CellsBuilder {
             self.out.base = c - 2 * 120 - 1;
             self.based = true;
         }
+        if c <= self.out.base {
+            // Not one partition after all: move the base back.
+            let d = self.out.base - c + 2 * 120 + 1;
+            for cell in &mut self.out.cells {
+                cell.cell += d as u32;
+            }
+            self.out.base -= d;
+        }
         let start = (c - 1) * CELL_MS + 1;
         if let Some(prev) = self.last_v
             && s.first_v < prev
@@ -453,6 +461,24 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Series far apart in time (more than a partition) still get right cells.
+    #[test]
+    fn cells_far_apart() {
+        let mut b = CellsBuilder::new();
+        let late: Vec<i64> = (0..10).map(|i| 1_800_000_000_000 + i * 15_000).collect();
+        let early: Vec<i64> = late.iter().map(|t| t - 30 * 86_400_000).collect();
+        let vs: Vec<f64> = (0..10).map(|i| i as f64).collect();
+        b.push_series(1, &late, &vs);
+        b.push_series(2, &early, &vs);
+        let fc = b.finish();
+        for (k, ts) in [(0, &late), (1, &early)] {
+            let Part::Whole(Some(s)) = fc.part(k, ts[0] - 60_000, ts[9] + 60_000) else {
+                panic!("series {k}: no whole summary");
+            };
+            assert_eq!((s.first_t, s.last_t, s.count), (ts[0], ts[9], 10));
         }
     }
 
