@@ -164,19 +164,36 @@ fn intern_column(p: &mut Pairer, a: &ArrayRef) -> Vec<u32> {
         .collect()
 }
 
+/// A string map column, taken apart once per batch (no downcast per
+/// lookup).
+struct MapView<'a> {
+    map: &'a MapArray,
+    keys: &'a StringArray,
+    values: &'a StringArray,
+}
+
+impl<'a> MapView<'a> {
+    fn new(m: Option<&'a MapArray>) -> Option<MapView<'a>> {
+        let map = m?;
+        Some(MapView {
+            map,
+            keys: map.keys().as_string_opt::<i32>()?,
+            values: map.values().as_string_opt::<i32>()?,
+        })
+    }
+}
+
 /// The value of `key` in row `i` of a string map column.
-fn map_get<'a>(m: Option<&'a MapArray>, i: usize, key: &str) -> Option<&'a str> {
-    let m = m?;
-    if m.is_null(i) {
+fn map_get<'a>(m: &Option<MapView<'a>>, i: usize, key: &str) -> Option<&'a str> {
+    let m = m.as_ref()?;
+    if m.map.is_null(i) {
         return None;
     }
-    let keys: &StringArray = m.keys().as_string_opt::<i32>()?;
-    let values: &StringArray = m.values().as_string_opt::<i32>()?;
-    let offs = m.value_offsets();
+    let offs = m.map.value_offsets();
     let (a, b) = (offs[i] as usize, offs[i + 1] as usize);
     (a..b)
-        .find(|&j| keys.value(j) == key)
-        .and_then(|j| (!values.is_null(j)).then(|| values.value(j)))
+        .find(|&j| m.keys.value(j) == key)
+        .and_then(|j| (!m.values.is_null(j)).then(|| m.values.value(j)))
         .filter(|v| !v.is_empty())
 }
 
@@ -260,9 +277,9 @@ impl Pairer {
         let rev = intern_column(self, &colr("tag_istio_canonical_revision")?);
         let ins = intern_column(self, &colr("tag_istio_namespace")?);
         let attrs_col = colr("attributes")?;
-        let attrs = attrs_col.as_map_opt();
+        let attrs = MapView::new(attrs_col.as_map_opt());
         let res_col = colr("resource_attributes")?;
-        let res = res_col.as_map_opt();
+        let res = MapView::new(res_col.as_map_opt());
         let dash = self.intern("-");
         for i in 0..b.num_rows() {
             let k = kind.value(i);
@@ -271,15 +288,15 @@ impl Pairer {
             if (!is_client && !is_server) || svc[i] == NONE {
                 continue;
             }
-            let attr = |key: &str| map_get(attrs, i, key).or_else(|| map_get(res, i, key));
+            let attr = |key: &str| map_get(&attrs, i, key).or_else(|| map_get(&res, i, key));
             // Failure and response code (span_info::failed / http_status).
             let code_num: Option<u16> = if http[i] != NONE {
                 self.code_of(http[i])
             } else {
-                map_get(attrs, i, "http.response.status_code").and_then(|v| v.trim().parse().ok())
+                map_get(&attrs, i, "http.response.status_code").and_then(|v| v.trim().parse().ok())
             };
             let failed = status.value(i) == 2
-                || map_get(attrs, i, "error").is_some()
+                || map_get(&attrs, i, "error").is_some()
                 || code_num.is_some_and(|c| c >= 500);
             let ver = match rev[i] {
                 NONE => attr("service.version").map_or(NONE, |v| self.intern(v)),
