@@ -426,20 +426,7 @@ pub fn selector_matchers(vs: &VectorSelector) -> R<Vec<Vec<Matcher>>> {
 /// Reads the samples of every series a selector matches in `[lo, hi]`,
 /// sorted by labels (Prometheus's storage order).
 fn fetch(ctx: &Ctx, vs: &VectorSelector, lo: i64, hi: i64) -> R<Vec<SeriesData>> {
-    let mut out: Vec<SeriesData> = Vec::new();
-    let sets = selector_matchers(vs)?;
-    let several = sets.len() > 1;
-    for set in sets {
-        let got = ctx.src.select(&set, lo, hi).map_err(|e| QueryError {
-            kind: QueryErrorKind::Internal,
-            msg: format!("reading samples: {e}"),
-        })?;
-        out.extend(got);
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    if several {
-        out.dedup_by(|a, b| a.labels == b.labels);
-    }
+    let out = read_sets(vs, |set| ctx.src.select(set, lo, hi), |s| &s.labels)?;
     let n: usize = out.iter().map(|s| s.timestamps.len()).sum();
     ctx.add_samples(n)?;
     Ok(out)
@@ -453,23 +440,33 @@ pub(super) fn fetch_summaries(
     lo: i64,
     hi: i64,
 ) -> R<Vec<(Labels, Summary)>> {
-    let mut out: Vec<(Labels, Summary)> = Vec::new();
-    let sets = selector_matchers(vs)?;
-    let several = sets.len() > 1;
-    for set in sets {
-        let got = ctx.src.summarize(&set, lo, hi).map_err(|e| QueryError {
-            kind: QueryErrorKind::Internal,
-            msg: format!("reading samples: {e}"),
-        })?;
-        out.extend(got);
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    if several {
-        out.dedup_by(|a, b| a.0 == b.0);
-    }
+    let out = read_sets(vs, |set| ctx.src.summarize(set, lo, hi), |s| &s.0)?;
     // What the raw path would hold in memory is the samples; here it is
     // one summary per series.
     ctx.add_samples(out.len())?;
+    Ok(out)
+}
+
+/// One read per matcher set of a selector (its `or` alternatives), sorted
+/// by labels, a series matched by several sets kept once.
+fn read_sets<T>(
+    vs: &VectorSelector,
+    read: impl Fn(&[Matcher]) -> Result<Vec<T>, String>,
+    labels: impl Fn(&T) -> &Labels,
+) -> R<Vec<T>> {
+    let mut out: Vec<T> = Vec::new();
+    let sets = selector_matchers(vs)?;
+    let several = sets.len() > 1;
+    for set in sets {
+        out.extend(read(&set).map_err(|e| QueryError {
+            kind: QueryErrorKind::Internal,
+            msg: format!("reading samples: {e}"),
+        })?);
+    }
+    out.sort_by(|a, b| labels(a).cmp(labels(b)));
+    if several {
+        out.dedup_by(|a, b| labels(a) == labels(b));
+    }
     Ok(out)
 }
 

@@ -145,32 +145,26 @@ impl Ctx {
             data.sort_by(|a, b| a.0.cmp(&b.0));
             data.dedup_by(|a, b| a.0 == b.0);
         }
-        let mut by: Vec<&str> = by.to_vec();
-        by.sort_unstable();
-        by.dedup();
-        // Group -> (a series of it, sum); labels are built once per group,
-        // from that series' (interned) strings.
-        let mut groups: HashMap<Vec<&str>, (usize, f64), foldhash::fast::RandomState> =
-            HashMap::default();
-        let mut key: Vec<&str> = Vec::with_capacity(by.len());
-        for (i, (labels, s)) in data.iter().enumerate() {
-            let Some(v) =
-                crate::promql::functions::extrapolated_rate_of(s, self.end_ms, range, true, true)
-            else {
-                continue;
-            };
-            labels.get_sorted(&by, &mut key);
-            match groups.get_mut(&key) {
-                Some(x) => x.1 += v,
-                None => {
-                    groups.insert(key.clone(), (i, v));
+        Ok(group_sums(
+            &data,
+            by,
+            |s, out| match crate::promql::functions::extrapolated_rate_of(
+                s,
+                self.end_ms,
+                range,
+                true,
+                true,
+            ) {
+                Some(v) => {
+                    out.push(v);
+                    true
                 }
-            }
-        }
-        Ok(groups
-            .into_values()
-            .map(|(i, v)| (data[i].0.without(|n| by.binary_search(&n).is_err()), v))
-            .collect())
+                None => false,
+            },
+        )
+        .into_iter()
+        .map(|(l, v)| (l, v[0]))
+        .collect())
     }
 
     /// Counter increases by the `by` labels: in the window (as a count and
@@ -267,40 +261,67 @@ impl Ctx {
                     .map_err(|e| TopoError::Internal(e.to_string()))?,
             );
         }
-        let mut by = by;
-        by.sort_unstable();
-        by.dedup();
-        // Group -> (a series of it, per-window sums).
-        let mut groups: HashMap<Vec<&str>, (usize, Vec<f64>), foldhash::fast::RandomState> =
-            HashMap::default();
-        let mut key: Vec<&str> = Vec::with_capacity(by.len());
-        for (i, (labels, sums)) in data.iter().enumerate() {
-            labels.get_sorted(&by, &mut key);
-            if !groups.contains_key(&key) {
-                groups.insert(key.clone(), (i, vec![0.0; windows.len()]));
+        for (l, acc) in group_sums(&data, &by, |sums, out| {
+            for w in 0..windows.len() {
+                let inc = sums[2 * w + 1].map_or(0.0, |s| {
+                    let prev = sums[2 * w].map(|p| p.last_v).unwrap_or(0.0);
+                    let first = if s.first_v >= prev {
+                        s.first_v - prev
+                    } else {
+                        s.first_v
+                    };
+                    first + s.counter_increase()
+                });
+                out.push(inc);
             }
-            let Some((_, acc)) = groups.get_mut(&key) else {
-                continue;
-            };
-            for (w, a) in acc.iter_mut().enumerate() {
-                let Some(s) = sums[2 * w + 1] else { continue };
-                let prev = sums[2 * w].map(|p| p.last_v).unwrap_or(0.0);
-                let first = if s.first_v >= prev {
-                    s.first_v - prev
-                } else {
-                    s.first_v
-                };
-                *a += first + s.counter_increase();
-            }
-        }
-        for (i, acc) in groups.into_values() {
-            let l = data[i].0.without(|n| by.binary_search(&n).is_err());
+            true
+        }) {
             for (o, a) in out.iter_mut().zip(acc) {
                 *o.entry(l.clone()).or_default() += a;
             }
         }
         Ok(out)
     }
+}
+
+/// Per-group sums of rows grouped by the values of the `by` labels
+/// (borrowed: no label set is built per row). `figures(row, out)` pushes a
+/// row's figures onto `out` (the same count for every row) or answers
+/// false to leave the row out. A group's labels are built once, from one of
+/// its rows' (interned) strings.
+fn group_sums<T>(
+    rows: &[(Labels, T)],
+    by: &[&str],
+    mut figures: impl FnMut(&T, &mut Vec<f64>) -> bool,
+) -> Vec<(Labels, Vec<f64>)> {
+    let mut by: Vec<&str> = by.to_vec();
+    by.sort_unstable();
+    by.dedup();
+    let mut groups: HashMap<Vec<&str>, (usize, Vec<f64>), foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut key: Vec<&str> = Vec::with_capacity(by.len());
+    let mut row_figures = Vec::new();
+    for (i, (labels, x)) in rows.iter().enumerate() {
+        row_figures.clear();
+        if !figures(x, &mut row_figures) {
+            continue;
+        }
+        labels.get_sorted(&by, &mut key);
+        match groups.get_mut(&key) {
+            Some((_, sums)) => {
+                for (a, f) in sums.iter_mut().zip(&row_figures) {
+                    *a += f;
+                }
+            }
+            None => {
+                groups.insert(key.clone(), (i, row_figures.clone()));
+            }
+        }
+    }
+    groups
+        .into_values()
+        .map(|(i, sums)| (rows[i].0.without(|n| by.binary_search(&n).is_err()), sums))
+        .collect()
 }
 
 /// Counter increase of one label group.

@@ -192,12 +192,11 @@ fn istio_queries(src: &NodeRef, dst: &NodeRef, w: &str) -> BTreeMap<&'static str
 /// p50/p95/p99 per edge from bucket rates (`le` plus the group labels), as
 /// PromQL's `histogram_quantile` computes them, times `scale`.
 fn quantiles_into(
-    rates: impl Iterator<Item = (Labels, f64)>,
+    rates: Vec<(Labels, f64)>,
     scale: f64,
     extras: &mut Extras,
     key: impl Fn(&Labels) -> Option<(String, String)>,
 ) {
-    let rates: Vec<(Labels, f64)> = rates.collect();
     // Grouped by every label but `le` and `reporter`, borrowed (no label
     // set built per bucket); a group's first row stands for its labels.
     type Group = (usize, Vec<(f64, f64)>);
@@ -355,7 +354,7 @@ pub async fn istio(
     let wanted = bucket_task
         .await
         .map_err(|e| TopoError::Internal(format!("bucket read task: {e}")))??;
-    quantiles_into(wanted.into_iter(), 1.0, &mut extras, |l| Some(edge_key(l)));
+    quantiles_into(wanted, 1.0, &mut extras, |l| Some(edge_key(l)));
     let wq = w.clone();
     Ok((
         rows,
@@ -539,7 +538,7 @@ pub async fn envoy(
         ))
         .await?;
     quantiles_into(
-        rates.into_iter().map(|s| (s.labels, s.value)),
+        rates.into_iter().map(|s| (s.labels, s.value)).collect(),
         1.0,
         &mut extras,
         edge_key,
@@ -798,7 +797,7 @@ pub async fn spans(
     let rates = cx
         .rates_by("traces_service_graph_request_server_seconds_bucket", &by)
         .await?;
-    quantiles_into(rates.into_iter(), 1000.0, &mut extras, |l| {
+    quantiles_into(rates, 1000.0, &mut extras, |l| {
         let (a, b) = span_idents(l, &traced);
         Some((a.node(g, true).id, b.node(g, false).id))
     });

@@ -291,12 +291,18 @@ impl CellsBuilder {
     /// One series' samples, sorted by time with unique times. Series must
     /// come in increasing id order.
     pub(crate) fn push_series(&mut self, id: i64, ts: &[i64], vs: &[f64]) {
-        let Some(whole) = Summary::of(ts, vs) else {
-            return;
-        };
         let mut open: Option<(i64, Summary)> = None;
+        // The whole run, composed from its cells as they close.
+        let mut whole: Option<Summary> = None;
         let before = self.out.cells.len();
         (self.cum_resets, self.cum_count, self.last_v) = (0.0, 0, None);
+        let mut close = |b: &mut Self, c: i64, s: Summary| {
+            b.close(c, &s);
+            match &mut whole {
+                None => whole = Some(s),
+                Some(w) => w.append(&s),
+            }
+        };
         for (&t, &v) in ts.iter().zip(vs) {
             if is_stale_nan(v) {
                 continue;
@@ -306,16 +312,16 @@ impl CellsBuilder {
                 Some((oc, s)) if *oc == c => s.push(t, v),
                 _ => {
                     if let Some((oc, s)) = open.take() {
-                        self.close(oc, &s);
+                        close(self, oc, s);
                     }
                     open = Some((c, Summary::one(t, v)));
                 }
             }
         }
         if let Some((oc, s)) = open {
-            self.close(oc, &s);
+            close(self, oc, s);
         }
-        if self.out.cells.len() > before {
+        if let Some(whole) = whole {
             if self.out.starts.is_empty() {
                 self.out.starts.push(before as u32);
             }
