@@ -6,6 +6,13 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: decoding a request allocates tens of
+/// small strings per span, and under glibc that alone held the bare OTLP
+/// decode of Envoy-shaped spans to ~31 k spans/s on one core (~250 k with
+/// mimalloc; docs/BENCHMARKS.md, "Ingest").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// meshlens — one observability backend for a service mesh.
 ///
 /// Point Envoy/Istio sidecars and OpenTelemetry SDKs at it (Zipkin on :9411,

@@ -2,7 +2,6 @@
 //! API (Zipkin now, Tempo later).
 
 use crate::error::QueryError;
-use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::prelude::{Expr, col, lit};
 use meshlens_storage::Storage;
@@ -44,10 +43,6 @@ pub struct TraceQuery {
     pub start: UnixNanos,
     pub end: UnixNanos,
     pub limit: usize,
-}
-
-fn id_lit(id: &TraceId) -> Expr {
-    lit(ScalarValue::FixedSizeBinary(16, Some(id.0.to_vec())))
 }
 
 pub struct TraceStore {
@@ -96,14 +91,12 @@ impl TraceStore {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let filter = if ids.len() == 1 {
-            col(TRACE_ID).eq(id_lit(&ids[0]))
-        } else {
-            col(TRACE_ID).in_list(ids.iter().map(id_lit).collect(), false)
-        };
+        let wanted: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
         let mut by_id: HashMap<TraceId, Vec<Span>> = HashMap::new();
-        for s in self.spans(filter).await? {
-            by_id.entry(s.trace_id).or_default().push(s);
+        for b in self.storage.find_traces(&wanted).await? {
+            for s in batch_to_spans(&b)? {
+                by_id.entry(s.trace_id).or_default().push(s);
+            }
         }
         let mut out = Vec::new();
         for id in ids {
@@ -116,9 +109,57 @@ impl TraceStore {
     }
 
     /// Trace ids matching a search, most recent first.
+    ///
+    /// A trace ranks by its newest matching span. The window is searched
+    /// from its end backwards: first from the start of the newest file, then
+    /// of the 4th, 16th, 64th... newest, then from the window's start (so a
+    /// search that finds too few reads at most about twice what one pass
+    /// over the window reads). Once a
+    /// narrowed window `[from, end]` holds `limit` traces, they are the
+    /// answer: every other trace's newest matching span starts before
+    /// `from`, so it ranks below all of them.
     pub async fn search(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, QueryError> {
+        let mut starts: Vec<i64> = self
+            .storage
+            .snapshot()
+            .files
+            .iter()
+            .filter(|f| f.max_time >= q.start.0 && f.min_time <= q.end.0)
+            .map(|f| f.min_time)
+            .filter(|&t| t > q.start.0)
+            .collect();
+        starts.sort_unstable_by(|a, b| b.cmp(a));
+        starts.dedup();
+        let mut cutoffs: Vec<i64> = (0..)
+            .map(|k: u32| 4usize.pow(k) - 1)
+            .take_while(|&i| i < starts.len())
+            .map(|i| starts[i])
+            .collect();
+        cutoffs.push(q.start.0);
+        let mut newest = HashMap::new();
+        for from in cutoffs {
+            newest = self.newest_since(q, from).await?;
+            if newest.len() >= q.limit {
+                break;
+            }
+        }
+        let mut ids: Vec<(TraceId, i64)> = newest.into_iter().collect();
+        ids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ids.truncate(q.limit);
+        let ids: Vec<TraceId> = ids.into_iter().map(|(id, _)| id).collect();
+        self.traces(&ids).await
+    }
+
+    /// The traces with a span matching `q` that starts in `[from, q.end]`
+    /// (at most `q.limit` of them, the newest, when there are no annotation
+    /// terms), each with its newest matching span's start.
+    async fn newest_since(
+        &self,
+        q: &TraceQuery,
+        from: i64,
+    ) -> Result<HashMap<TraceId, i64>, QueryError> {
         let mut f = col(START)
-            .gt_eq(lit(q.start.0))
+            .gt_eq(lit(from))
             .and(col(START).lt_eq(lit(q.end.0)));
         if let Some(s) = &q.service {
             f = f.and(col(SERVICE).eq(lit(s.as_str())));
@@ -185,11 +226,7 @@ impl TraceStore {
                 }
             }
         }
-        let mut ids: Vec<(TraceId, i64)> = newest.into_iter().collect();
-        ids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        ids.truncate(q.limit);
-        let ids: Vec<TraceId> = ids.into_iter().map(|(id, _)| id).collect();
-        self.traces(&ids).await
+        Ok(newest)
     }
 
     /// Every local service name.
@@ -284,5 +321,98 @@ mod tests {
             ]
         );
         assert!(parse_annotation_query("").is_empty());
+    }
+
+    /// The newest-first search (narrowed windows, widened until `limit`
+    /// traces are found) answers what a scan of the whole window answers:
+    /// spans spread over four files of successive minutes and the buffer,
+    /// traces with spans in several of them, every limit from 1 to more than
+    /// there are traces.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn search_from_the_newest_files_equals_a_whole_window_scan() {
+        use meshlens_storage::model::{Endpoint, SpanId};
+        use meshlens_storage::{StorageConfig, Telemetry};
+        let d = std::env::temp_dir().join(format!("meshlens-search-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut cfg = StorageConfig::new(&d);
+        cfg.maintenance_interval = std::time::Duration::from_secs(3600);
+        cfg.flush_age = std::time::Duration::from_secs(3600);
+        let storage = Storage::open(cfg, Telemetry::new()).await.unwrap();
+        let minute = 60_000_000_000i64;
+        let base = UnixNanos::now().0 - 30 * minute;
+        let mut all: Vec<Span> = Vec::new();
+        let mut n = 0u64;
+        for round in 0..5i64 {
+            let mut spans = Vec::new();
+            for i in 0..60u64 {
+                n += 1;
+                // Trace ids repeat across rounds: a trace has spans in
+                // several files, some of them old and slow.
+                let trace = 1 + (i * 7 + round as u64 * 3) % 90;
+                spans.push(Span {
+                    trace_id: TraceId::from_u64s(0, trace),
+                    trace_id_64: true,
+                    span_id: SpanId(n.to_be_bytes()),
+                    name: "op".into(),
+                    start: Some(UnixNanos(base + round * minute + (i as i64 * 997) % minute)),
+                    duration_nanos: Some(((i * 31 + round as u64 * 17) % 100) as i64 * 1_000_000),
+                    local: Endpoint {
+                        service_name: Some(if i % 3 == 0 { "a" } else { "b" }.into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+            }
+            all.extend(spans.clone());
+            storage.append_spans(spans).await.unwrap();
+            if round < 4 {
+                storage.flush().await.unwrap();
+            }
+        }
+        assert_eq!(storage.snapshot().files.len(), 4);
+        let store = TraceStore::new(storage.clone());
+        for (service, min_ms) in [(None, 0), (Some("a"), 0), (Some("b"), 60), (Some("a"), 95)] {
+            // By hand: each trace's newest matching span, newest first.
+            let mut newest: HashMap<TraceId, i64> = HashMap::new();
+            for s in &all {
+                let ok = service.is_none_or(|x| s.local.service_name.as_deref() == Some(x))
+                    && s.duration_nanos.unwrap_or(0) >= min_ms * 1_000_000;
+                if ok {
+                    let t = s.start.map_or(0, |t| t.0);
+                    let e = newest.entry(s.trace_id).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+            let mut ranked: Vec<(TraceId, i64)> = newest.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            for limit in [1, 2, 5, 10, 30, 200] {
+                let q = TraceQuery {
+                    service: service.map(str::to_string),
+                    min_duration_nanos: Some(min_ms * 1_000_000),
+                    start: UnixNanos(base - minute),
+                    end: UnixNanos(base + 10 * minute),
+                    limit,
+                    ..Default::default()
+                };
+                let got: Vec<TraceId> = store
+                    .search(&q)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|t| t[0].trace_id)
+                    .collect();
+                let want: Vec<TraceId> = ranked.iter().take(limit).map(|r| r.0).collect();
+                let mut got_sorted = got.clone();
+                got_sorted.sort();
+                let mut want_sorted = want.clone();
+                want_sorted.sort();
+                assert_eq!(
+                    got_sorted, want_sorted,
+                    "{service:?} >= {min_ms} ms, limit {limit}"
+                );
+            }
+        }
+        storage.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     wal_bytes: AtomicU64,
     /// Trace-id filter of each file, by path.
     pub(crate) filters: parking_lot::RwLock<HashMap<String, Arc<TraceFilter>>>,
+    /// Decoded footers of span files, for trace-by-id reads.
+    pub(crate) footers: crate::lookup::FooterCache,
 }
 
 impl Shared {
@@ -325,6 +327,9 @@ impl Storage {
             config: cfg,
             flush_wanted: Notify::new(),
             filters: parking_lot::RwLock::new(filters),
+            footers: parking_lot::Mutex::new(crate::lru::Lru::new(
+                crate::lookup::FOOTER_CACHE_BYTES,
+            )),
         });
 
         let (wal_tx, wal_rx) = mpsc::channel();
@@ -380,6 +385,19 @@ impl Storage {
     /// Buffered batches and the current files, for queries outside DataFusion.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.snapshot()
+    }
+
+    /// Every stored row of the traces `ids` (buffer and files, unordered),
+    /// read without a query plan: see `lookup.rs`.
+    pub async fn find_traces(&self, ids: &[[u8; 16]]) -> Result<Vec<RecordBatch>> {
+        let started = Instant::now();
+        let out = self.shared.find_traces(ids).await;
+        self.telemetry().observe(
+            "meshlens_storage_scan_seconds",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        out
     }
 
     fn check_budget(&self) -> Result<()> {
@@ -605,8 +623,10 @@ impl Storage {
         self.shared.state.lock().files = Arc::new(manifest.files.clone());
         {
             let mut filters = self.shared.filters.write();
+            let mut footers = self.shared.footers.lock();
             for p in remove {
                 filters.remove(p);
+                footers.remove(p);
             }
         }
         // Queries that took a snapshot a moment ago may still read these.

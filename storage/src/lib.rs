@@ -17,6 +17,8 @@ pub mod telemetry;
 
 mod engine;
 mod files;
+mod lookup;
+mod lru;
 mod manifest;
 mod table;
 mod tindex;

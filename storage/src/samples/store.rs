@@ -9,6 +9,7 @@ use super::rollup::{CellsBuilder, FileCells, Part, Summary};
 use super::sfiles::{self, FileBuilder, PARTITION_MS, SampleFile};
 use super::walrec::{self, Record};
 use crate::error::{Result, StorageError};
+use crate::lru::Lru;
 use crate::telemetry::Telemetry;
 use crate::wal::{self, Wal};
 use object_store::path::Path as ObjectPath;
@@ -149,65 +150,9 @@ struct Inner {
     file_series: RwLock<HashMap<String, Arc<RoaringBitmap>>>,
     file_meta: Mutex<HashMap<String, ArrowReaderMetadata>>,
     /// Whole files read for queries, least recently used out first.
-    file_bytes: Mutex<ByteCache>,
+    file_bytes: Mutex<Lru<bytes::Bytes>>,
     /// Per-minute summaries of files (see [`rollup`]).
     file_cells: Mutex<Lru<Arc<FileCells>>>,
-}
-
-/// An LRU keyed by file path, bounded in bytes: whole-file contents for
-/// queries, and the per-minute summaries of files.
-struct Lru<V: Clone> {
-    budget: usize,
-    bytes: usize,
-    tick: u64,
-    map: HashMap<String, (V, usize, u64)>,
-}
-
-type ByteCache = Lru<bytes::Bytes>;
-
-impl<V: Clone> Lru<V> {
-    fn new(budget: usize) -> Self {
-        Lru {
-            budget,
-            bytes: 0,
-            tick: 0,
-            map: HashMap::new(),
-        }
-    }
-
-    fn get(&mut self, path: &str) -> Option<V> {
-        self.tick += 1;
-        let t = self.tick;
-        self.map.get_mut(path).map(|e| {
-            e.2 = t;
-            e.0.clone()
-        })
-    }
-
-    fn put(&mut self, path: &str, v: V, size: usize) {
-        if size > self.budget {
-            return;
-        }
-        self.tick += 1;
-        self.bytes += size;
-        if let Some(old) = self.map.insert(path.to_string(), (v, size, self.tick)) {
-            self.bytes -= old.1;
-        }
-        while self.bytes > self.budget {
-            let Some(oldest) = self.map.iter().min_by_key(|e| e.1.2).map(|e| e.0.clone()) else {
-                break;
-            };
-            if let Some(e) = self.map.remove(&oldest) {
-                self.bytes -= e.1;
-            }
-        }
-    }
-
-    fn remove(&mut self, path: &str) {
-        if let Some(e) = self.map.remove(path) {
-            self.bytes -= e.1;
-        }
-    }
 }
 
 /// Sorts samples by time, keeping the last of equal times (stable: arrival
@@ -1022,7 +967,7 @@ impl SampleStore {
         let nw = windows.len();
         // Per series and window (index k * nw + w).
         let mut acc: Vec<Option<Summary>> = vec![None; n * nw];
-        let mut raw = vec![self.inner.file_cells.lock().budget == 0; n * nw];
+        let mut raw = vec![self.inner.file_cells.lock().budget() == 0; n * nw];
         // Pieces must come in time order: files by their first sample.
         let mut files: Vec<&SampleFile> = files
             .iter()
@@ -1216,7 +1161,7 @@ impl SampleStore {
     /// The whole file from the read cache (loading it), or None when the
     /// cache is off.
     async fn file_bytes(&self, f: &SampleFile) -> Result<Option<bytes::Bytes>> {
-        if self.inner.file_bytes.lock().budget == 0 {
+        if self.inner.file_bytes.lock().budget() == 0 {
             return Ok(None);
         }
         if let Some(b) = self.inner.file_bytes.lock().get(&f.path) {
@@ -1279,7 +1224,7 @@ impl SampleStore {
         t.set(
             "meshlens_samples_rollup_cache_bytes",
             &[],
-            self.inner.file_cells.lock().bytes as f64,
+            self.inner.file_cells.lock().bytes() as f64,
         );
     }
 
