@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 /// mimalloc instead of glibc's malloc: decoding a request allocates tens of
 /// small strings per span, and under glibc that alone held the bare OTLP
 /// decode of Envoy-shaped spans to ~31 k spans/s on one core (~250 k with
-/// mimalloc; docs/BENCHMARKS.md, "Ingest").
+/// mimalloc; docs/BENCHMARKS.md, "Ingest"). Built without transparent huge
+/// pages (`no_thp`): with them, a quarter of ingest time went to the kernel
+/// zeroing 2 MiB pages that mimalloc had just been given.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

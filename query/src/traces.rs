@@ -337,7 +337,7 @@ mod tests {
         let mut cfg = StorageConfig::new(&d);
         cfg.maintenance_interval = std::time::Duration::from_secs(3600);
         cfg.flush_age = std::time::Duration::from_secs(3600);
-        let storage = Storage::open(cfg, Telemetry::new()).await.unwrap();
+        let storage = Storage::open(cfg, Telemetry::new()).await.expect("open");
         let minute = 60_000_000_000i64;
         let base = UnixNanos::now().0 - 30 * minute;
         let mut all: Vec<Span> = Vec::new();
@@ -364,9 +364,9 @@ mod tests {
                 });
             }
             all.extend(spans.clone());
-            storage.append_spans(spans).await.unwrap();
+            storage.append_spans(spans).await.expect("append");
             if round < 4 {
-                storage.flush().await.unwrap();
+                storage.flush().await.expect("flush");
             }
         }
         assert_eq!(storage.snapshot().files.len(), 4);
@@ -397,7 +397,7 @@ mod tests {
                 let got: Vec<TraceId> = store
                     .search(&q)
                     .await
-                    .unwrap()
+                    .expect("search")
                     .iter()
                     .map(|t| t[0].trace_id)
                     .collect();
@@ -412,7 +412,7 @@ mod tests {
                 );
             }
         }
-        storage.shutdown().await.unwrap();
+        storage.shutdown().await.expect("shutdown");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

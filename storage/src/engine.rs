@@ -157,7 +157,10 @@ pub struct Storage {
 }
 
 fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    // Room for the whole message up front: growing a buffer of this size by
+    // doubling costs more than the encoding.
+    let room = batch.get_array_memory_size() + 16 * 1024;
+    let mut w = StreamWriter::try_new(Vec::with_capacity(room), &batch.schema())?;
     w.write(batch)?;
     w.finish()?;
     Ok(w.into_inner()?)
@@ -173,6 +176,11 @@ fn describe_metrics(t: &Telemetry) {
         "meshlens_wal_bytes",
         "gauge",
         "Bytes in WAL segments not yet flushed to Parquet.",
+    );
+    t.describe(
+        "meshlens_span_footer_cache_bytes",
+        "gauge",
+        "Decoded footers and page indexes of span files kept for trace-by-id reads.",
     );
     t.describe(
         "meshlens_wal_fsync_seconds",
@@ -538,6 +546,11 @@ impl Storage {
             "meshlens_wal_bytes",
             &[],
             self.shared.wal_bytes.load(Ordering::Relaxed) as f64,
+        );
+        t.set(
+            "meshlens_span_footer_cache_bytes",
+            &[],
+            self.shared.footers.lock().bytes() as f64,
         );
     }
 

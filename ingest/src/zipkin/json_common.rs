@@ -18,6 +18,10 @@ pub(crate) fn parse_array<'de, T: Deserialize<'de>>(s: &'de str) -> Result<Vec<T
     let mut de = serde_json::Deserializer::from_str(s);
     let seed = ArraySeed::<T> {
         index: &index,
+        // serde_json gives no length; a span takes at least ~100 bytes of
+        // JSON, so this guess is at most a few times too big, and it spares
+        // the repeated doubling of a large vector.
+        capacity: (s.len() / 512).clamp(16, 4096),
         _t: PhantomData,
     };
     seed.deserialize(&mut de)
@@ -27,6 +31,7 @@ pub(crate) fn parse_array<'de, T: Deserialize<'de>>(s: &'de str) -> Result<Vec<T
 
 struct ArraySeed<'i, T> {
     index: &'i Cell<Option<usize>>,
+    capacity: usize,
     _t: PhantomData<T>,
 }
 
@@ -43,7 +48,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ArraySeed<'_, T> {
         f.write_str("a JSON array of spans")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(self.capacity).min(4096));
         loop {
             self.index.set(Some(out.len()));
             match seq.next_element()? {
