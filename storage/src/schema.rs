@@ -42,9 +42,9 @@ pub const PROMOTED_TAGS: &[(&str, &str)] = &[
     ("guid:x-request-id", "tag_request_id"),
 ];
 
-/// Promoted tags whose values are nearly unique per span: plain strings,
-/// not dictionaries.
-const UNIQUE_TAGS: &[&str] = &["tag_request_id", "tag_http_url"];
+/// Promoted tags whose values are nearly unique per span (or per trace):
+/// plain strings, not dictionaries, in Arrow and in Parquet.
+pub(crate) const UNIQUE_TAGS: &[&str] = &["tag_request_id", "tag_http_url"];
 
 pub const TRACE_ID: &str = "trace_id";
 pub const START: &str = "start_time_unix_nano";
