@@ -12,6 +12,7 @@ use crate::error::{Result, StorageError};
 use crate::lru::Lru;
 use crate::manifest::FileEntry;
 use crate::schema::TRACE_ID;
+use crate::table::Hints;
 use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use bytes::Bytes;
@@ -106,7 +107,7 @@ fn in_range(id: &[u8], min: Option<&[u8]>, max: Option<&[u8]>) -> bool {
 }
 
 /// Rows of the buffer whose trace id is one of `ids` (sorted).
-pub(crate) fn filter_buffer(batches: &[RecordBatch], ids: &[[u8; 16]]) -> Result<Vec<RecordBatch>> {
+fn filter_buffer(batches: &[RecordBatch], ids: &[[u8; 16]]) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for b in batches {
         let Some(col) = b.column_by_name(TRACE_ID) else {
@@ -267,22 +268,17 @@ impl Shared {
         // Files replaced by compaction or expired stay on disk for 30 s after
         // they leave the manifest, so a snapshot's files can still be read.
         let snapshot = self.snapshot();
+        // The same file pruning as the `spans` table's for a trace-id filter.
+        let hints = Hints {
+            trace_ids: Some(ids.clone()),
+            ..Default::default()
+        };
         let files: Vec<FileEntry> = {
             let filters = self.filters.read();
             snapshot
                 .files
                 .iter()
-                .filter(|f| {
-                    let (Ok(lo), Ok(hi)) =
-                        (hex::decode(&f.min_trace_id), hex::decode(&f.max_trace_id))
-                    else {
-                        return true;
-                    };
-                    ids.iter().any(|id| {
-                        in_range(id, Some(&lo), Some(&hi))
-                            && filters.get(&f.path).is_none_or(|t| t.may_contain(id))
-                    })
-                })
+                .filter(|f| hints.may_match(f, filters.get(&f.path).map(|x| x.as_ref())))
                 .cloned()
                 .collect()
         };
