@@ -285,6 +285,7 @@ async fn store_inprocess(
         let rep = storage
             .samples()
             .append(SampleBatch {
+                known: Default::default(),
                 series,
                 metadata: vec![],
             })

@@ -192,6 +192,7 @@ pub async fn run(dir: PathBuf, services: usize, rps: f64, runs: usize) -> anyhow
         let r = storage
             .samples()
             .append(SampleBatch {
+                known: Default::default(),
                 series: writes,
                 metadata: vec![],
             })

@@ -1,12 +1,24 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use meshlens_ingest::remote_write::{decode_partial, decode_partial_prost, decompress_snappy};
+
+/// The in-place decoder must accept exactly what prost accepts and give the
+/// same result.
+fn differential(body: &[u8]) {
+    match (decode_partial(body), decode_partial_prost(body)) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("decoders disagree: in place {a:?}, prost {b:?}"),
+    }
+}
 
 // The whole remote-write path before storage: snappy (with the size limit
-// checked before allocating), then protobuf decode + validation.
+// checked before allocating), then protobuf decode + validation, checked
+// against prost's decoder.
 fuzz_target!(|data: &[u8]| {
-    if let Ok(raw) = meshlens_ingest::remote_write::decompress_snappy(data, 1 << 20) {
-        let _ = meshlens_ingest::remote_write::decode_partial(&raw);
+    if let Ok(raw) = decompress_snappy(data, 1 << 20) {
+        differential(&raw);
     }
-    let _ = meshlens_ingest::remote_write::decode_partial(data);
+    differential(data);
 });

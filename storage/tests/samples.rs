@@ -57,6 +57,7 @@ fn write(l: &Labels, pts: &[(i64, f64)]) -> SeriesWrite {
 
 fn batch(series: Vec<SeriesWrite>) -> SampleBatch {
     SampleBatch {
+        known: Default::default(),
         series,
         metadata: vec![],
     }
@@ -167,6 +168,83 @@ async fn wal_replay_without_flush() {
         is_stale_nan(got[0].values[1]),
         "stale markers are stored bit-exact"
     );
+    s.shutdown().await.unwrap();
+}
+
+/// Samples sent by series id land in the same series as by labels, follow
+/// the same rules, survive a crash through the WAL; an id the catalog does
+/// not hold is refused, not stored.
+#[tokio::test]
+async fn samples_by_known_series_id() {
+    use meshlens_storage::samples::KnownSeriesSamples;
+    let d = dir("by-id");
+    let cfg = config(&d);
+    let t0 = now_ms() - 60_000;
+    let a = labels("x", &[("a", "1")]);
+    let b = labels("x", &[("a", "2")]);
+    let smp = |pts: &[(i64, f64)]| -> Vec<Sample> {
+        pts.iter()
+            .map(|&(t, v)| Sample {
+                timestamp_ms: t,
+                value: v,
+            })
+            .collect()
+    };
+    {
+        let s = open(&cfg).await;
+        s.samples()
+            .append(batch(vec![write(&a, &[(t0, 1.0)])]))
+            .await
+            .unwrap();
+        let mut known = Vec::new();
+        s.samples()
+            .known_series(&[a.series_id(), b.series_id()], &mut known);
+        assert_eq!(known, vec![true, false]);
+
+        let mut by_id = KnownSeriesSamples::default();
+        by_id.push(
+            a.series_id(),
+            &smp(&[(t0 + 1000, 2.0), (t0 - 600_000, 0.5)]),
+        );
+        by_id.push(b.series_id(), &smp(&[(t0, 7.0)]));
+        by_id.push(a.series_id(), &smp(&[(t0 + 2000, 3.0)]));
+        let mut req = batch(vec![write(&labels("y", &[]), &[(t0, 5.0)])]);
+        req.known = by_id;
+        assert_eq!(req.sample_count(), 5);
+        let rep = s.samples().append(req).await.unwrap();
+        assert_eq!(rep.accepted, 3);
+        assert_eq!(
+            rep.rejected,
+            vec![
+                (RejectReason::UnknownSeries, 1),
+                (RejectReason::OutOfOrder, 1)
+            ]
+        );
+        let msg = rep.describe_rejections();
+        assert!(
+            msg.contains("x{a=\"1\"} @ "),
+            "examples name the series: {msg}"
+        );
+        assert!(msg.contains("not in the catalog"), "{msg}");
+        // No shutdown: the samples are only in the WAL.
+        std::mem::forget(s);
+    }
+    let s = open(&cfg).await;
+    let got = s
+        .samples()
+        .select(&[eq("__name__", "x")], t0 - 1_000_000, t0 + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "series b was never created");
+    assert_eq!(got[0].labels, a);
+    assert_eq!(got[0].timestamps, vec![t0, t0 + 1000, t0 + 2000]);
+    assert_eq!(got[0].values, vec![1.0, 2.0, 3.0]);
+    let y = s
+        .samples()
+        .select(&[eq("__name__", "y")], t0 - 1000, t0 + 1000)
+        .await
+        .unwrap();
+    assert_eq!(y[0].values, vec![5.0]);
     s.shutdown().await.unwrap();
 }
 
@@ -421,6 +499,7 @@ async fn few_series_case(cache: usize) {
         .collect();
     s.samples()
         .append(SampleBatch {
+            known: Default::default(),
             series,
             metadata: vec![],
         })

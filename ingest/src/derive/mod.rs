@@ -707,6 +707,7 @@ impl Deriver {
         st.losses.emit(now, prev, stale_ms, &mut out);
         st.prev_tick = Some(now);
         let batch = SampleBatch {
+            known: Default::default(),
             series: out.series,
             metadata: if prev.is_none() { metadata() } else { vec![] },
         };

@@ -27,6 +27,9 @@
 
 #[cfg(test)]
 mod tests;
+mod wire;
+
+pub use wire::decode_with_known;
 
 use crate::body::{self, BodyError};
 use crate::error::{DecodeError, IngestError, Rejections};
@@ -210,8 +213,15 @@ pub fn decode(bytes: &[u8]) -> Result<SampleBatch, DecodeError> {
 
 /// Decodes a (decompressed) `WriteRequest`, keeping the valid series and
 /// describing the invalid ones. Fails only when the body is not a
-/// `WriteRequest` at all.
+/// `WriteRequest` at all. Every series comes back with its labels; the
+/// receiver uses [`decode_with_known`] to name series the store knows by id.
 pub fn decode_partial(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    decode_with_known(bytes, |_, _| {})
+}
+
+/// The same as [`decode_partial`] through prost's generated decoder: the
+/// reference the in-place decoder is tested (and fuzzed) against.
+pub fn decode_partial_prost(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let req =
         <WriteRequest as prost::Message>::decode(bytes).map_err(|e| DecodeError::Protobuf {
             message_name: "prometheus.WriteRequest",
@@ -220,36 +230,18 @@ pub fn decode_partial(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(convert(req))
 }
 
-/// Converts a decoded request; see the module doc for the rules.
+/// Converts a request decoded by prost; see the module doc for the rules.
 pub fn convert(req: WriteRequest) -> Decoded {
     let mut out = Decoded::default();
     out.batch.series.reserve(req.timeseries.len());
     for (i, ts) in req.timeseries.into_iter().enumerate() {
         out.exemplars_dropped += ts.exemplars.len();
-        let labels = match series_labels(&ts.labels) {
-            Ok(l) => l,
-            Err(problem) => {
-                let n = ts.samples.len() + ts.histograms.len();
-                out.rejected.add(reason::INVALID_LABELS, n, || {
-                    format!("timeseries[{i}] {}: {problem}", describe_raw(&ts.labels))
-                });
-                continue;
-            }
-        };
-        if !ts.histograms.is_empty() {
-            out.rejected
-                .add(reason::NATIVE_HISTOGRAM, ts.histograms.len(), || {
-                    format!(
-                        "timeseries[{i}] {labels}: {} native histogram samples refused; native \
-                         histograms are not supported yet (send classic _bucket series)",
-                        ts.histograms.len()
-                    )
-                });
-        }
-        if ts.samples.is_empty() {
-            continue;
-        }
-        let samples = ts
+        let raw: Vec<(&[u8], &[u8])> = ts
+            .labels
+            .iter()
+            .map(|l| (l.name.as_slice(), l.value.as_slice()))
+            .collect();
+        let samples: Vec<StoreSample> = ts
             .samples
             .iter()
             .map(|s| StoreSample {
@@ -257,10 +249,12 @@ pub fn convert(req: WriteRequest) -> Decoded {
                 value: s.value,
             })
             .collect();
-        out.batch.series.push(SeriesWrite { labels, samples });
+        if let Some(w) = series_write(&mut out, i, &raw, &samples, ts.histograms.len()) {
+            out.batch.series.push(w);
+        }
     }
     for (i, m) in req.metadata.into_iter().enumerate() {
-        match metadata(&m) {
+        match metadata(m.r#type, &m.metric_family_name, &m.help, &m.unit) {
             Ok(md) => out.batch.metadata.push(md),
             Err(problem) => out.rejected.add(reason::INVALID_METADATA, 0, || {
                 format!("metadata[{i}]: {problem}")
@@ -270,11 +264,47 @@ pub fn convert(req: WriteRequest) -> Decoded {
     out
 }
 
+/// One series sent by labels (`timeseries[i]`): validates them, refuses
+/// native histograms; `None` when nothing of it is to be stored.
+fn series_write(
+    out: &mut Decoded,
+    i: usize,
+    raw: &[(&[u8], &[u8])],
+    samples: &[StoreSample],
+    histograms: usize,
+) -> Option<SeriesWrite> {
+    let labels = match series_labels(raw) {
+        Ok(l) => l,
+        Err(problem) => {
+            out.rejected
+                .add(reason::INVALID_LABELS, samples.len() + histograms, || {
+                    format!("timeseries[{i}] {}: {problem}", describe_raw(raw))
+                });
+            return None;
+        }
+    };
+    if histograms > 0 {
+        out.rejected.add(reason::NATIVE_HISTOGRAM, histograms, || {
+            format!(
+                "timeseries[{i}] {labels}: {histograms} native histogram samples refused; native \
+                 histograms are not supported yet (send classic _bucket series)"
+            )
+        });
+    }
+    if samples.is_empty() {
+        return None;
+    }
+    Some(SeriesWrite {
+        labels,
+        samples: samples.to_vec(),
+    })
+}
+
 /// Validates the labels of one series as sent and builds the label set.
-fn series_labels(raw: &[Label]) -> Result<Labels, String> {
+fn series_labels(raw: &[(&[u8], &[u8])]) -> Result<Labels, String> {
     let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(raw.len());
-    for (j, l) in raw.iter().enumerate() {
-        let name = std::str::from_utf8(&l.name).map_err(|e| {
+    for (j, (raw_name, raw_value)) in raw.iter().enumerate() {
+        let name = std::str::from_utf8(raw_name).map_err(|e| {
             format!(
                 "labels[{j}] name is not valid UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
@@ -283,7 +313,7 @@ fn series_labels(raw: &[Label]) -> Result<Labels, String> {
         if name.is_empty() {
             return Err(format!("labels[{j}] has an empty name"));
         }
-        let value = std::str::from_utf8(&l.value).map_err(|e| {
+        let value = std::str::from_utf8(raw_value).map_err(|e| {
             format!(
                 "labels[{j}] ({name:?}) value is not valid UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
@@ -312,15 +342,15 @@ fn series_labels(raw: &[Label]) -> Result<Labels, String> {
 }
 
 /// `{a="1", b="2"}` of labels as sent (lossy UTF-8), at most ~200 chars.
-fn describe_raw(raw: &[Label]) -> String {
+fn describe_raw(raw: &[(&[u8], &[u8])]) -> String {
     let mut s = String::from("{");
-    for (j, l) in raw.iter().enumerate() {
+    for (j, (name, value)) in raw.iter().enumerate() {
         if j > 0 {
             s.push_str(", ");
         }
-        s.push_str(&String::from_utf8_lossy(&l.name));
+        s.push_str(&String::from_utf8_lossy(name));
         s.push('=');
-        s.push_str(&format!("{:?}", String::from_utf8_lossy(&l.value)));
+        s.push_str(&format!("{:?}", String::from_utf8_lossy(value)));
         if s.len() > 200 {
             s.push_str(", ...");
             break;
@@ -330,21 +360,21 @@ fn describe_raw(raw: &[Label]) -> String {
     s
 }
 
-fn metadata(m: &MetricMetadata) -> Result<StoreMetadata, String> {
+fn metadata(kind: i32, family: &[u8], help: &[u8], unit: &[u8]) -> Result<StoreMetadata, String> {
     let text = |what: &str, b: &[u8]| {
         std::str::from_utf8(b)
             .map(str::to_owned)
             .map_err(|_| format!("{what} is not valid UTF-8"))
     };
-    let family = text("metric_family_name", &m.metric_family_name)?;
+    let family = text("metric_family_name", family)?;
     if family.is_empty() {
         return Err("metric_family_name is empty".into());
     }
     Ok(StoreMetadata {
         metric_family: family,
-        kind: metric_type(m.r#type),
-        help: text("help", &m.help)?,
-        unit: text("unit", &m.unit)?,
+        kind: metric_type(kind),
+        help: text("help", help)?,
+        unit: text("unit", unit)?,
     })
 }
 
@@ -436,10 +466,13 @@ async fn receive(state: &IngestState, headers: &HeaderMap, body: Body) -> Result
     check_headers(headers)?;
     let limit = state.config.max_body_bytes;
     let raw = body::read_limited(headers, body, limit).await?;
+    let storage = state.storage.clone();
     let work = move |raw: Vec<u8>| -> Result<Decoded, IngestError> {
         let bytes = decompress_snappy(&raw, limit)?;
         drop(raw);
-        Ok(decode_partial(&bytes)?)
+        Ok(decode_with_known(&bytes, |ids, known| {
+            storage.samples().known_series(ids, known)
+        })?)
     };
     let decoded = if raw.len() <= INLINE_DECODE_BYTES {
         work(raw)?

@@ -717,3 +717,360 @@ proptest! {
         }
     }
 }
+
+// ------------------------------------- in-place decoder against prost
+
+/// Both decoders accept the same bodies and give the same result.
+fn same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let ours = decode_partial(bytes);
+    let reference = decode_partial_prost(bytes);
+    match (&ours, &reference) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+        (Err(a), Err(_)) => prop_assert!(
+            a.to_string()
+                .starts_with("request body is not a valid protobuf prometheus.WriteRequest: "),
+            "{a}"
+        ),
+        _ => prop_assert!(
+            false,
+            "decoders disagree on {bytes:02x?}: ours {ours:?}, prost {reference:?}"
+        ),
+    }
+    Ok(())
+}
+
+/// Field key bytes.
+fn key(tag: u32, wt: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_varint((u64::from(tag) << 3) | u64::from(wt), &mut out);
+    out
+}
+
+fn len_field(tag: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = key(tag, 2);
+    prost::encoding::encode_varint(body.len() as u64, &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn unknown_fields_and_groups_are_skipped_like_prost() {
+    // A label with an unknown 32-bit field and its name sent twice (last wins).
+    let mut lab = len_field(1, b"__nameX__");
+    lab.extend(key(7, 5));
+    lab.extend([1, 2, 3, 4]);
+    lab.extend(len_field(1, b"__name__"));
+    lab.extend(len_field(2, b"up"));
+    // A sample with an unknown varint and a group holding a group.
+    let mut smp = key(1, 1);
+    smp.extend(2.5f64.to_le_bytes());
+    smp.extend(key(9, 0));
+    smp.push(0x7f);
+    smp.extend(key(10, 3));
+    smp.extend(key(11, 3));
+    smp.extend(key(12, 0));
+    smp.push(1);
+    smp.extend(key(11, 4));
+    smp.extend(key(10, 4));
+    smp.extend(key(2, 0));
+    smp.push(42);
+    let mut ts = len_field(1, &lab);
+    ts.extend(len_field(2, &smp));
+    ts.extend(len_field(15, b"anything"));
+    let mut body = len_field(1, &ts);
+    body.extend(key(2, 1)); // the reserved field 2, as a 64-bit value
+    body.extend([0; 8]);
+    same_as_prost(&body).unwrap();
+    let d = decode_partial(&body).unwrap();
+    assert_eq!(d.batch.series.len(), 1);
+    assert_eq!(d.batch.series[0].labels.get("__name__"), Some("up"));
+    assert_eq!(d.batch.series[0].samples[0].timestamp_ms, 42);
+    assert_eq!(d.batch.series[0].samples[0].value, 2.5);
+
+    // Groups nested past prost's recursion limit, an unclosed group, an end
+    // group that closes nothing, a group closed by another tag.
+    let mut deep = Vec::new();
+    for _ in 0..101 {
+        deep.extend(key(5, 3));
+    }
+    for _ in 0..101 {
+        deep.extend(key(5, 4));
+    }
+    let mut shallow = Vec::new();
+    for _ in 0..99 {
+        shallow.extend(key(5, 3));
+    }
+    for _ in 0..99 {
+        shallow.extend(key(5, 4));
+    }
+    for bad in [
+        deep,
+        shallow,
+        key(5, 3),
+        key(5, 4),
+        [key(5, 3), key(6, 4)].concat(),
+        key(0, 0),
+        vec![0x08],
+        vec![0x0a, 0x05, 0x0a],
+        len_field(1, &len_field(2, &key(1, 0))),
+        len_field(1, &len_field(1, &key(1, 0))),
+        len_field(3, &key(2, 0)),
+        vec![0xff; 11],
+        [key(9, 0), vec![0xff; 9], vec![0x02]].concat(),
+        [key(9, 0), vec![0xff; 9], vec![0x01]].concat(),
+    ] {
+        same_as_prost(&bad).unwrap();
+    }
+}
+
+#[test]
+fn errors_say_where() {
+    // The second series' first sample has a value of the wrong wire type.
+    let good = request(vec![series(&[("__name__", "a")], &[(1, 1.0)])]).encode_to_vec();
+    let bad_sample = [key(1, 0), vec![1]].concat();
+    let bad = [good, len_field(1, &len_field(2, &bad_sample))].concat();
+    let err = decode_partial(&bad).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "request body is not a valid protobuf prometheus.WriteRequest: timeseries[1].samples[0]: \
+         field value has wire type varint (0), expected 64-bit (1)"
+    );
+    let err = decode_partial(&[0x0a, 0x10, 0x0a]).unwrap_err().to_string();
+    assert!(
+        err.ends_with(
+            "timeseries[0]: an embedded message of 16 bytes at byte 2 runs past the end of its \
+             message (1 bytes left)"
+        ),
+        "{err}"
+    );
+}
+
+/// Series the store knows are sent by id, the rest by labels; validation
+/// is never skipped for a series whose id is not known.
+#[test]
+fn known_series_are_sent_by_id() {
+    let known_sets: [&[(&str, &str)]; 2] = [
+        &[("__name__", "up"), ("job", "a")],
+        &[("__name__", "x"), ("le", "1")],
+    ];
+    let ids: Vec<u64> = known_sets
+        .iter()
+        .map(|p| Labels::series(p.iter().copied()).unwrap().series_id())
+        .collect();
+    let req = request(vec![
+        series(known_sets[0], &[(1, 1.0), (2, 2.0)]),
+        series(&[("__name__", "new")], &[(3, 3.0)]),
+        // Known labels plus an empty-valued label: the same series, valid,
+        // sent by labels (the id does not see the empty label's name).
+        series(&[("__name__", "x"), ("a", ""), ("le", "1")], &[(4, 4.0)]),
+        // The known labels with a duplicate empty-valued name: invalid.
+        series(
+            &[("__name__", "up"), ("job", ""), ("job", "a")],
+            &[(5, 5.0)],
+        ),
+        // An empty name with an empty value: invalid.
+        series(&[("", ""), ("__name__", "up"), ("job", "a")], &[(6, 6.0)]),
+        // Unsorted: invalid.
+        series(&[("job", "a"), ("__name__", "up")], &[(7, 7.0)]),
+        // Known but no samples: nothing.
+        series(known_sets[1], &[]),
+    ]);
+    // One label whose name holds the id's separators, spelling the bytes
+    // of the known {__name__="up", job="a"}: not UTF-8, so refused.
+    let mut alias = series(&[], &[(8, 8.0)]);
+    alias.labels = vec![Label {
+        name: b"__name__\xffup\xfejob".to_vec(),
+        value: b"a".to_vec(),
+    }];
+    let mut req = req;
+    req.timeseries.push(alias);
+    let mut asked = Vec::new();
+    let d = decode_with_known(&req.encode_to_vec(), |q, out| {
+        asked = q.to_vec();
+        out.extend(q.iter().map(|id| ids.contains(id)));
+    })
+    .unwrap();
+    // Every series that passed the cheap checks was asked about, once.
+    assert_eq!(asked.len(), 3, "{asked:x?}");
+    let known: Vec<(u64, Vec<(i64, f64)>)> = d
+        .batch
+        .known
+        .iter()
+        .map(|(id, s)| (id, s.iter().map(|s| (s.timestamp_ms, s.value)).collect()))
+        .collect();
+    assert_eq!(known, vec![(ids[0], vec![(1, 1.0), (2, 2.0)])]);
+    assert_eq!(d.batch.series.len(), 2);
+    assert_eq!(d.batch.series[0].labels.metric_name(), Some("new"));
+    assert_eq!(d.batch.series[1].labels.series_id(), ids[1]);
+    assert_eq!(d.rejected.by_reason, vec![(reason::INVALID_LABELS, 4)]);
+    let msg = d.rejected.describe("samples");
+    for i in [3, 4, 5, 7] {
+        assert!(msg.contains(&format!("timeseries[{i}]")), "{msg}");
+    }
+}
+
+fn raw_name() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"__name__".to_vec()),
+        Just(b"".to_vec()),
+        Just(vec![0xff, b'a']),
+        "[a-c]{1,2}".prop_map(String::into_bytes),
+    ]
+}
+
+fn raw_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"".to_vec()),
+        Just(vec![b'v', 0xc3]),
+        "[a-c]{1,3}".prop_map(String::into_bytes),
+    ]
+}
+
+prop_compose! {
+    fn arb_series()(
+        labels in proptest::collection::vec((raw_name(), raw_value()), 0..5),
+        sort in any::<bool>(),
+        samples in proptest::collection::vec((any::<i64>(), any::<f64>()), 0..3),
+        exemplars in 0..2usize,
+        histograms in proptest::collection::vec(any::<i64>(), 0..2),
+    ) -> TimeSeries {
+        let mut labels: Vec<Label> =
+            labels.into_iter().map(|(name, value)| Label { name, value }).collect();
+        if sort {
+            labels.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        TimeSeries {
+            labels,
+            samples: samples.into_iter().map(|(timestamp, value)| Sample { value, timestamp }).collect(),
+            exemplars: (0..exemplars)
+                .map(|_| Exemplar { labels: vec![label("trace_id", "1")], value: 1.0, timestamp: 1 })
+                .collect(),
+            histograms: histograms.into_iter().map(|timestamp| Histogram { timestamp }).collect(),
+        }
+    }
+}
+
+prop_compose! {
+    fn arb_request()(
+        timeseries in proptest::collection::vec(arb_series(), 0..6),
+        metadata in proptest::collection::vec((any::<i32>(), raw_value(), raw_value()), 0..3),
+    ) -> WriteRequest {
+        WriteRequest {
+            timeseries,
+            metadata: metadata
+                .into_iter()
+                .map(|(t, family, help)| MetricMetadata {
+                    r#type: t,
+                    metric_family_name: family,
+                    help,
+                    unit: vec![],
+                })
+                .collect(),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn in_place_decoder_equals_prost_on_requests(req in arb_request()) {
+        same_as_prost(&req.encode_to_vec())?;
+    }
+
+    #[test]
+    fn in_place_decoder_equals_prost_on_mutated_requests(
+        req in arb_request(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        cut in any::<usize>(),
+    ) {
+        let mut bytes = req.encode_to_vec();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        for (i, b) in &flips {
+            let n = bytes.len();
+            bytes[i % n] ^= b;
+        }
+        same_as_prost(&bytes)?;
+        let n = bytes.len();
+        same_as_prost(&bytes[..cut % n])?;
+    }
+
+    #[test]
+    fn in_place_decoder_equals_prost_on_random_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..256)
+    ) {
+        same_as_prost(&bytes)?;
+    }
+
+    /// Naming some valid series as known moves exactly those to `known`,
+    /// samples unchanged, and leaves everything else as prost decodes it.
+    #[test]
+    fn known_series_split_equals_prost(req in arb_request(), pick in any::<u64>()) {
+        // Add near-aliases of every valid series: invalid series whose
+        // bytes differ only where an id could overlook them.
+        let mut req = req;
+        let valid = decode_partial_prost(&req.encode_to_vec()).unwrap();
+        for s in &valid.batch.series {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = s
+                .labels
+                .iter()
+                .map(|l| (l.name.as_bytes().to_vec(), l.value.as_bytes().to_vec()))
+                .collect();
+            let ts = |labels: Vec<(Vec<u8>, Vec<u8>)>| TimeSeries {
+                labels: labels.into_iter().map(|(name, value)| Label { name, value }).collect(),
+                samples: vec![Sample { value: 9.0, timestamp: 9 }],
+                exemplars: vec![],
+                histograms: vec![],
+            };
+            // An empty-valued label whose name is not UTF-8.
+            let mut a = pairs.clone();
+            a.push((vec![b'~', 0xc3], vec![]));
+            // An empty name with an empty value.
+            let mut b = pairs.clone();
+            b.insert(0, (vec![], vec![]));
+            // The first two labels folded into one name holding the separators.
+            let mut c = pairs.clone();
+            if c.len() >= 2 {
+                let (n2, v2) = c.remove(1);
+                let (n1, v1) = c.remove(0);
+                c.insert(0, ([n1, vec![0xff], v1, vec![0xfe], n2].concat(), v2));
+            }
+            req.timeseries.extend([ts(a), ts(b), ts(c)]);
+        }
+        let bytes = req.encode_to_vec();
+        let reference = decode_partial_prost(&bytes).unwrap();
+        let has_histograms: Vec<bool> = req.timeseries.iter().map(|t| !t.histograms.is_empty()).collect();
+        // Valid series (prost kept them) without histograms, some of them "known".
+        let mut known_ids = Vec::new();
+        for (k, s) in reference.batch.series.iter().enumerate() {
+            if pick >> (k % 64) & 1 == 1 {
+                known_ids.push(s.labels.series_id());
+            }
+        }
+        let d = decode_with_known(&bytes, |q, out| {
+            out.extend(q.iter().map(|id| known_ids.contains(id)));
+        })
+        .unwrap();
+        // Expected: prost's series in order, known ones moved (unless the
+        // request sent that series with histograms somewhere: those always
+        // go by labels, so compare sample totals only then).
+        if has_histograms.iter().any(|&h| h) {
+            prop_assert_eq!(d.batch.sample_count(), reference.batch.sample_count());
+            prop_assert_eq!(d.rejected, reference.rejected);
+            return Ok(());
+        }
+        let mut expected = reference;
+        let series = std::mem::take(&mut expected.batch.series);
+        for s in series {
+            let id = s.labels.series_id();
+            if known_ids.contains(&id) {
+                expected.batch.known.push(id, &s.samples);
+            } else {
+                expected.batch.series.push(s);
+            }
+        }
+        prop_assert_eq!(d, expected);
+    }
+}

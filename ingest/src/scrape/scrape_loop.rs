@@ -595,6 +595,7 @@ async fn finish(
             append(
                 ctx,
                 SampleBatch {
+                    known: Default::default(),
                     series,
                     metadata: Vec::new(),
                 },

@@ -26,6 +26,7 @@ async fn state(name: &str) -> QueryState {
     };
     s.samples()
         .append(SampleBatch {
+            known: Default::default(),
             series: vec![
                 w(
                     &[("__name__", "up"), ("job", "a"), ("instance", "x:1")],

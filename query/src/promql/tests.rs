@@ -224,6 +224,7 @@ async fn summaries_answer_like_raw_samples() {
             .collect();
         s.samples()
             .append(SampleBatch {
+                known: Default::default(),
                 series,
                 metadata: vec![],
             })

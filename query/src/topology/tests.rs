@@ -128,6 +128,7 @@ async fn an_hour_in_files_reads_summaries_and_matches_raw_samples() {
             .collect();
         s.samples()
             .append(SampleBatch {
+                known: Default::default(),
                 series,
                 metadata: vec![],
             })

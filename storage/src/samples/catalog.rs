@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 #[derive(Default)]
 pub(crate) struct Catalog {
-    /// series id -> ordinal
-    by_id: HashMap<u64, u32>,
+    /// series id -> ordinal (looked up for every series of every write:
+    /// foldhash, seeded per process, rather than SipHash)
+    by_id: HashMap<u64, u32, foldhash::fast::RandomState>,
     /// ordinal -> (id, labels)
     pub(crate) entries: Vec<(u64, Labels)>,
     /// name -> value -> ordinals
@@ -198,27 +199,59 @@ impl Catalog {
 // ~10x smaller than the raw strings.
 
 pub(crate) fn encode_segment(first: u32, entries: &[(u64, Labels)]) -> Vec<u8> {
+    // Compressing into memory cannot fail; keep raw bytes if it ever does.
+    match encode_compressed(first, entries) {
+        Ok(out) => out,
+        Err(_) => encode_plain(raw_segment(first, entries)),
+    }
+}
+
+/// Streams the entries through zstd (level 3: a segment of 100 k Istio
+/// series, 115 MB raw, compresses in ~0.15 s instead of ~0.65 s at level
+/// 9, ~20 % larger) in 64 KiB pieces, never holding the raw bytes whole.
+fn encode_compressed(first: u32, entries: &[(u64, Labels)]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    const PIECE: usize = 64 * 1024;
+    let mut enc = zstd::stream::Encoder::new(b"MLC2\0\0\0\0".to_vec(), 3)?;
+    let mut piece = Vec::with_capacity(PIECE + 1024);
+    piece.extend_from_slice(&first.to_le_bytes());
+    piece.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let mut raw_len = 0usize;
+    for (id, labels) in entries {
+        put_entry(&mut piece, *id, labels);
+        if piece.len() >= PIECE {
+            enc.write_all(&piece)?;
+            raw_len += piece.len();
+            piece.clear();
+        }
+    }
+    enc.write_all(&piece)?;
+    raw_len += piece.len();
+    let mut out = enc.finish()?;
+    let len = u32::try_from(raw_len).map_err(std::io::Error::other)?;
+    out[4..8].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+fn put_entry(out: &mut Vec<u8>, id: u64, labels: &Labels) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(labels.len() as u16).to_le_bytes());
+    for l in labels.iter() {
+        put_str(out, &l.name);
+        put_str(out, &l.value);
+    }
+}
+
+fn raw_segment(first: u32, entries: &[(u64, Labels)]) -> Vec<u8> {
     let mut raw = Vec::with_capacity(entries.len() * 128 + 16);
     raw.extend_from_slice(&first.to_le_bytes());
     raw.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (id, labels) in entries {
-        raw.extend_from_slice(&id.to_le_bytes());
-        raw.extend_from_slice(&(labels.len() as u16).to_le_bytes());
-        for l in labels.iter() {
-            put_str(&mut raw, &l.name);
-            put_str(&mut raw, &l.value);
-        }
+        put_entry(&mut raw, *id, labels);
     }
-    let mut out = b"MLC2".to_vec();
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    // Compressing bytes in memory cannot fail; keep raw bytes if it ever does.
-    match zstd::bulk::compress(&raw, 9) {
-        Ok(z) => out.extend_from_slice(&z),
-        Err(_) => return encode_plain(raw),
-    }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    raw
 }
 
 /// The uncompressed form ("MLC1"), also read back.
@@ -380,6 +413,25 @@ mod tests {
         bad[20] ^= 1;
         assert!(decode_segment(&bad).is_err());
         assert!(decode_segment(&enc[..enc.len() - 3]).is_err());
+
+        // Many 64 KiB pieces through the stream; the same bytes as the
+        // uncompressed form holds.
+        let many: Vec<(u64, Labels)> = (0..5000u64)
+            .map(|i| {
+                let pod = format!("reviews-v{}-{:08x}", i % 3, i.wrapping_mul(0x9e37_79b9));
+                (i, l(&[("__name__", "istio_requests_total"), ("pod", &pod)]))
+            })
+            .collect();
+        let enc = encode_segment(100, &many);
+        assert_eq!(&enc[..4], b"MLC2");
+        let raw = raw_segment(100, &many);
+        assert_eq!(
+            u32::from_le_bytes(enc[4..8].try_into().unwrap()) as usize,
+            raw.len()
+        );
+        assert!(raw.len() > 3 * 64 * 1024 && enc.len() < raw.len() / 3);
+        assert_eq!(decode_segment(&enc).unwrap(), (100, many.clone()));
+        assert_eq!(decode_segment(&encode_plain(raw)).unwrap(), (100, many));
     }
 
     #[test]

@@ -181,6 +181,38 @@ impl Labels {
     }
 }
 
+/// [`Labels::series_id`] of labels as a receiver reads them off the wire,
+/// without building [`Labels`]: push the labels sorted by name, then
+/// [`SeriesIdHasher::finish`]. Labels with an empty value are skipped, as
+/// [`Labels::new`] drops them. Reusable (`clear`) to keep its buffer.
+#[derive(Default)]
+pub struct SeriesIdHasher {
+    buf: Vec<u8>,
+}
+
+impl SeriesIdHasher {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    #[inline]
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        if value.is_empty() {
+            return;
+        }
+        self.buf.extend_from_slice(name);
+        self.buf.push(0xff);
+        self.buf.extend_from_slice(value);
+        self.buf.push(0xfe);
+    }
+
+    /// The id: the streaming hash of `series_id` and the one-shot hash of
+    /// the same bytes are the same function.
+    pub fn finish(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.buf)
+    }
+}
+
 impl fmt::Display for Labels {
     /// `name{a="1", b="2"}` like Prometheus prints a series.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -258,11 +290,70 @@ pub struct MetricMetadata {
 pub struct SampleBatch {
     pub series: Vec<SeriesWrite>,
     pub metadata: Vec<MetricMetadata>,
+    /// Samples of series named by id only; stored after `series`.
+    pub known: KnownSeriesSamples,
 }
 
 impl SampleBatch {
     pub fn sample_count(&self) -> usize {
-        self.series.iter().map(|s| s.samples.len()).sum()
+        self.series.iter().map(|s| s.samples.len()).sum::<usize>() + self.known.sample_count()
+    }
+}
+
+/// Samples of series named by their id ([`Labels::series_id`]) instead of
+/// their labels: for a receiver that found the series already in the
+/// catalog ([`crate::samples::SampleStore::known_series`]) and so need not
+/// build its labels again. Series are never removed from the catalog, so a
+/// series known once stays known. Flat, a few allocations per write rather
+/// than one per series: series `i` is `ids[i]` with the samples
+/// `samples[ends[i - 1]..ends[i]]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KnownSeriesSamples {
+    ids: Vec<u64>,
+    ends: Vec<u32>,
+    samples: Vec<Sample>,
+}
+
+impl KnownSeriesSamples {
+    pub fn with_capacity(series: usize, samples: usize) -> Self {
+        KnownSeriesSamples {
+            ids: Vec::with_capacity(series),
+            ends: Vec::with_capacity(series),
+            samples: Vec::with_capacity(samples),
+        }
+    }
+
+    /// Adds the samples of one series (none: nothing is added).
+    pub fn push(&mut self, id: u64, samples: &[Sample]) {
+        if samples.is_empty() {
+            return;
+        }
+        self.samples.extend_from_slice(samples);
+        self.ids.push(id);
+        self.ends.push(self.samples.len() as u32);
+    }
+
+    /// Number of series entries (a series sent twice counts twice).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// `(id, samples)` in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[Sample])> + '_ {
+        let mut start = 0usize;
+        self.ids.iter().zip(&self.ends).map(move |(&id, &end)| {
+            let s = &self.samples[start..end as usize];
+            start = end as usize;
+            (id, s)
+        })
     }
 }
 
@@ -279,6 +370,9 @@ pub enum RejectReason {
     SeriesLimit,
     /// Too many labels, or a name or value too long.
     LabelLimit,
+    /// Sent by id ([`KnownSeriesSamples`]) but not in the catalog: a bug of
+    /// the receiver, counted rather than stored under a wrong series.
+    UnknownSeries,
 }
 
 impl RejectReason {
@@ -289,6 +383,7 @@ impl RejectReason {
             RejectReason::TooFarInFuture => "too_far_in_future",
             RejectReason::SeriesLimit => "series_limit",
             RejectReason::LabelLimit => "label_limit",
+            RejectReason::UnknownSeries => "unknown_series",
         }
     }
 }
@@ -488,6 +583,34 @@ pub struct SeriesData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_id_hasher_gives_the_labels_id() {
+        let sets: [&[(&str, &str)]; 4] = [
+            &[("__name__", "up")],
+            &[
+                ("__name__", "x"),
+                ("a", ""),
+                ("b", "2"),
+                ("job", "reviews-v1"),
+            ],
+            &[("__name__", "\u{e9}t\u{e9}"), ("le", "+Inf")],
+            &[],
+        ];
+        let mut h = SeriesIdHasher::default();
+        for pairs in sets {
+            h.clear();
+            for (n, v) in pairs {
+                h.push(n.as_bytes(), v.as_bytes());
+            }
+            let labels = Labels::new(pairs.iter().copied()).unwrap();
+            assert_eq!(h.finish(), labels.series_id(), "{pairs:?}");
+        }
+        // The id depends on every byte and on where names end.
+        let id = |pairs: &[(&str, &str)]| Labels::new(pairs.iter().copied()).unwrap().series_id();
+        assert_ne!(id(&[("ab", "c")]), id(&[("a", "bc")]));
+        assert_ne!(id(&[("a", "1")]), id(&[("a", "2")]));
+    }
 
     /// The fast paths answer exactly as the anchored regex does.
     #[test]

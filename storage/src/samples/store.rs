@@ -7,7 +7,7 @@ use super::exemplars::ExemplarStore;
 use super::model::*;
 use super::rollup::{CellsBuilder, FileCells, Part, Summary};
 use super::sfiles::{self, FileBuilder, PARTITION_MS, SampleFile};
-use super::walrec::{self, Record};
+use super::walrec;
 use crate::error::{Result, StorageError};
 use crate::lru::Lru;
 use crate::telemetry::Telemetry;
@@ -178,7 +178,43 @@ type Snapshot = (
     Vec<(u32, Vec<(i64, f64)>)>,
 );
 
-type Accepted = Vec<(u32, Vec<(i64, f64)>)>;
+/// The samples an append stored, flat: entry `i` is series ordinal
+/// `ords[i]` (id `ids[i]`) with `samples[ends[i - 1]..ends[i]]`.
+#[derive(Default)]
+struct Accepted {
+    ords: Vec<u32>,
+    ids: Vec<u64>,
+    ends: Vec<u32>,
+    samples: Vec<(i64, f64)>,
+}
+
+impl Accepted {
+    fn with_capacity(series: usize, samples: usize) -> Self {
+        Accepted {
+            ords: Vec::with_capacity(series),
+            ids: Vec::with_capacity(series),
+            ends: Vec::with_capacity(series),
+            samples: Vec::with_capacity(samples),
+        }
+    }
+
+    /// Ends the current entry: the samples pushed since the last one.
+    fn close(&mut self, ord: u32, id: u64) {
+        self.ords.push(ord);
+        self.ids.push(id);
+        self.ends.push(self.samples.len() as u32);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, u64, &[(i64, f64)])> + '_ {
+        let mut start = 0usize;
+        (0..self.ords.len()).map(move |i| {
+            let end = self.ends[i] as usize;
+            let s = &self.samples[start..end];
+            start = end;
+            (self.ords[i], self.ids[i], s)
+        })
+    }
+}
 type RotateReply = std::io::Result<Option<(Arc<Vec<SeriesBuf>>, u64, u64)>>;
 
 enum WalCmd {
@@ -525,9 +561,12 @@ impl SampleStore {
         let future = now + 3_600_000;
         let ooo = cfg.ooo_window.as_millis() as i64;
 
-        // Resolve series: existing ones under the read lock, new ones under the write lock.
+        // Resolve series: existing ones under the read lock, new ones under
+        // the write lock. Series sent by id take their labels from the
+        // catalog (for the examples of refused samples).
         let mut ords: Vec<Option<u32>> = Vec::with_capacity(batch.series.len());
         let mut ids = Vec::with_capacity(batch.series.len());
+        let mut known: Vec<(u32, Labels)> = Vec::with_capacity(batch.known.len());
         let mut missing = false;
         {
             let cat = self.inner.catalog.read();
@@ -538,8 +577,19 @@ impl SampleStore {
                 missing |= o.is_none();
                 ords.push(o);
             }
+            for (id, samples) in batch.known.iter() {
+                match cat.ordinal(id) {
+                    Some(o) => known.push((o, cat.labels(o).clone())),
+                    None => {
+                        report.reject(RejectReason::UnknownSeries, samples.len() as u64, || {
+                            format!("series id {id:016x}: sent by id but not in the catalog")
+                        });
+                        known.push((u32::MAX, Labels::default()));
+                    }
+                }
+            }
         }
-        let mut rec = Record::default();
+        let mut defs: Vec<(u64, Labels)> = Vec::new();
         if missing {
             let mut cat = self.inner.catalog.write();
             for (i, s) in batch.series.iter().enumerate() {
@@ -564,7 +614,7 @@ impl SampleStore {
                 let (o, created) = cat.get_or_create(ids[i], &s.labels)?;
                 if created {
                     report.series_created += 1;
-                    rec.defs.push((ids[i], cat.labels(o).clone()));
+                    defs.push((ids[i], cat.labels(o).clone()));
                 }
                 ords[i] = Some(o);
             }
@@ -577,19 +627,19 @@ impl SampleStore {
                 cat.metadata.insert(m.metric_family.clone(), m.clone());
             }
         }
-        rec.metadata = batch.metadata;
 
-        let mut accepted: Accepted = Vec::with_capacity(batch.series.len());
+        let mut accepted =
+            Accepted::with_capacity(batch.series.len() + batch.known.len(), batch.sample_count());
         {
             let mut h = self.inner.head.lock();
-            for (i, s) in batch.series.iter().enumerate() {
-                let Some(o) = ords[i] else { continue };
-                if h.max_ts.len() <= o as usize {
-                    h.max_ts.resize(o as usize + 1, i64::MIN);
+            let mut keep = |o: u32, id: u64, labels: &Labels, samples: &[Sample]| {
+                let o_us = o as usize;
+                if h.max_ts.len() <= o_us {
+                    h.max_ts.resize(o_us + 1, i64::MIN);
                 }
-                let mut max = h.max_ts[o as usize];
-                let mut keep = Vec::with_capacity(s.samples.len());
-                for smp in &s.samples {
+                let mut max = h.max_ts[o_us];
+                let before = accepted.samples.len();
+                for smp in samples {
                     let t = smp.timestamp_ms;
                     let reason = if t < cutoff {
                         Some(RejectReason::TooOld)
@@ -610,22 +660,32 @@ impl SampleStore {
                                     ooo / 1000
                                 ),
                             };
-                            format!("{} @ {t}: {detail}", s.labels)
+                            format!("{labels} @ {t}: {detail}")
                         }),
                         None => {
                             max = max.max(t);
-                            keep.push((t, smp.value));
+                            accepted.samples.push((t, smp.value));
                         }
                     }
                 }
-                h.max_ts[o as usize] = max;
-                if !keep.is_empty() {
-                    report.accepted += keep.len() as u64;
-                    rec.samples.push((ids[i], keep.clone()));
-                    accepted.push((o, keep));
+                h.max_ts[o_us] = max;
+                if accepted.samples.len() > before {
+                    accepted.close(o, id);
+                }
+            };
+            for (i, s) in batch.series.iter().enumerate() {
+                if let Some(o) = ords[i] {
+                    keep(o, ids[i], &s.labels, &s.samples);
+                }
+            }
+            for ((id, samples), (o, labels)) in batch.known.iter().zip(&known) {
+                if *o != u32::MAX {
+                    keep(*o, id, labels, samples);
                 }
             }
         }
+        report.accepted = accepted.samples.len() as u64;
+        drop(known);
         let t = &self.inner.telemetry;
         for (r, n) in &report.rejected {
             t.inc(
@@ -634,11 +694,18 @@ impl SampleStore {
                 *n as f64,
             );
         }
-        if rec.samples.is_empty() && rec.defs.is_empty() && rec.metadata.is_empty() {
+        if accepted.ords.is_empty() && defs.is_empty() && batch.metadata.is_empty() {
             return Ok(report);
         }
-        let payload = walrec::encode(&rec);
-        drop(rec);
+        let payload = walrec::encode_parts(
+            &defs,
+            accepted.ords.len(),
+            accepted.samples.len(),
+            accepted.iter().map(|(_, id, s)| (id, s)),
+            &batch.metadata,
+        );
+        drop(defs);
+        drop(batch);
         let (reply, rx) = oneshot::channel();
         self.send(WalCmd::Append {
             payload,
@@ -655,6 +722,14 @@ impl SampleStore {
             self.inner.flush_wanted.notify_one();
         }
         Ok(report)
+    }
+
+    /// Whether each series id is in the catalog (one read lock for all):
+    /// a receiver sends the known ones by id ([`SampleBatch::known`]).
+    pub fn known_series(&self, ids: &[u64], out: &mut Vec<bool>) {
+        let cat = self.inner.catalog.read();
+        out.clear();
+        out.extend(ids.iter().map(|&id| cat.ordinal(id).is_some()));
     }
 
     /// Ordinals of series matching all matchers that have samples in the
@@ -1660,8 +1735,8 @@ fn wal_loop(mut wal: Wal, inner: Arc<Inner>, rx: mpsc::Receiver<WalCmd>) {
             Ok(()) => {
                 let mut h = inner.head.lock();
                 for (acc, _) in pending.iter() {
-                    for (o, s) in acc {
-                        push_head(&mut h, *o, s);
+                    for (o, _, s) in acc.iter() {
+                        push_head(&mut h, o, s);
                     }
                 }
                 if h.since.is_none() && h.samples > 0 {

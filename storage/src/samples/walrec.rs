@@ -17,11 +17,30 @@ pub(crate) struct Record {
     pub metadata: Vec<MetricMetadata>,
 }
 
+#[cfg(test)]
 pub(crate) fn encode(r: &Record) -> Vec<u8> {
     let n: usize = r.samples.iter().map(|(_, s)| s.len()).sum();
-    let mut out = Vec::with_capacity(16 + n * 16 + r.samples.len() * 12 + r.defs.len() * 128);
-    out.extend_from_slice(&(r.defs.len() as u32).to_le_bytes());
-    for (id, labels) in &r.defs {
+    encode_parts(
+        &r.defs,
+        r.samples.len(),
+        n,
+        r.samples.iter().map(|(id, s)| (*id, s.as_slice())),
+        &r.metadata,
+    )
+}
+
+/// Encodes a record from its parts: `series` entries holding `samples`
+/// samples in all (for the size), given as `(id, samples)`.
+pub(crate) fn encode_parts<'a>(
+    defs: &[(u64, Labels)],
+    series: usize,
+    samples: usize,
+    entries: impl Iterator<Item = (u64, &'a [(i64, f64)])>,
+    metadata: &[MetricMetadata],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + samples * 16 + series * 12 + defs.len() * 128);
+    out.extend_from_slice(&(defs.len() as u32).to_le_bytes());
+    for (id, labels) in defs {
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&(labels.len() as u16).to_le_bytes());
         for l in labels.iter() {
@@ -29,8 +48,10 @@ pub(crate) fn encode(r: &Record) -> Vec<u8> {
             put_str(&mut out, &l.value);
         }
     }
-    out.extend_from_slice(&(r.samples.len() as u32).to_le_bytes());
-    for (id, s) in &r.samples {
+    out.extend_from_slice(&(series as u32).to_le_bytes());
+    let mut written = 0usize;
+    for (id, s) in entries {
+        written += 1;
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         for (t, v) in s {
@@ -38,8 +59,9 @@ pub(crate) fn encode(r: &Record) -> Vec<u8> {
             out.extend_from_slice(&v.to_bits().to_le_bytes());
         }
     }
-    out.extend_from_slice(&(r.metadata.len() as u32).to_le_bytes());
-    for m in &r.metadata {
+    debug_assert_eq!(written, series, "series count announced and written differ");
+    out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
+    for m in metadata {
         put_str(&mut out, &serde_json::to_string(m).unwrap_or_default());
     }
     out

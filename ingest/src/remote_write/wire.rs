@@ -1,0 +1,585 @@
+//! A decoder of `prometheus.WriteRequest` that reads the protobuf wire
+//! format in place, borrowing names and values from the body.
+//!
+//! Why not prost: decoding into prost's types costs two heap strings per
+//! label, and building the store's `Labels` two more; a remote-write body is mostly
+//! labels of series the catalog holds already. This decoder hashes each
+//! series' labels as it reads them ([`SeriesIdHasher`], the catalog's own
+//! series id), asks the store once per request which ids it knows, and
+//! sends those by id ([`KnownSeriesSamples`]). Only new series, and series
+//! that fail the cheap checks below, have their labels built and validated.
+//!
+//! Why skipping validation is sound for a known id: a series goes by id
+//! only when every name and value is non-empty and free of the bytes 0xfe
+//! and 0xff (the id's separators, never in UTF-8), and the names are
+//! strictly increasing. Then the hashed bytes spell the label pairs out
+//! unambiguously, so an equal id means equal labels (up to a 64-bit
+//! collision, the same trust the catalog puts in ids), and a series in the
+//! catalog was validated when it was created. Any other series (an empty
+//! value, which the id would skip; a stray byte that could shift where a
+//! name ends) takes the slow path and is validated in full.
+//!
+//! It accepts exactly what prost accepts (unknown fields of any wire type,
+//! groups, repeated scalars last-wins, a recursion limit of 100) and gives
+//! the same result; `tests.rs` checks this against prost on valid, mutated
+//! and random bodies, and the fuzz target does too.
+
+use super::{Decoded, reason};
+use crate::error::DecodeError;
+use meshlens_storage::samples::{KnownSeriesSamples, Sample, SeriesIdHasher};
+
+/// prost's default recursion limit.
+const RECURSION_LIMIT: u32 = 100;
+
+type WireResult<T> = Result<T, String>;
+
+/// A bounded view of the body: `[pos, end)`. Offsets are in the whole body,
+/// so errors name the byte where the problem is.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+const WT_VARINT: u8 = 0;
+const WT_I64: u8 = 1;
+const WT_LEN: u8 = 2;
+const WT_START_GROUP: u8 = 3;
+const WT_END_GROUP: u8 = 4;
+const WT_I32: u8 = 5;
+
+fn wire_type_name(wt: u8) -> &'static str {
+    match wt {
+        WT_VARINT => "varint",
+        WT_I64 => "64-bit",
+        WT_LEN => "length-delimited",
+        WT_START_GROUP => "start group",
+        WT_END_GROUP => "end group",
+        _ => "32-bit",
+    }
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor {
+            buf,
+            pos: 0,
+            end: buf.len(),
+        }
+    }
+
+    #[inline]
+    fn more(&self) -> bool {
+        self.pos < self.end
+    }
+
+    /// One-byte varints (most keys and lengths) inline, the rest out of line.
+    #[inline(always)]
+    fn varint(&mut self) -> WireResult<u64> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> WireResult<u64> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf[..self.end].get(self.pos) else {
+                return Err(format!(
+                    "truncated varint at byte {start} (the message ends at byte {})",
+                    self.end
+                ));
+            };
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err(format!("invalid varint at byte {start} (over 64 bits)"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(format!("invalid varint at byte {start} (over 10 bytes)"))
+    }
+
+    /// A field key: one-byte keys (field numbers up to 15) inline.
+    #[inline(always)]
+    fn key(&mut self) -> WireResult<(u32, u8)> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            if (8..0x80).contains(&b) && (b & 7) <= WT_I32 {
+                self.pos += 1;
+                return Ok((u32::from(b >> 3), b & 7));
+            }
+        }
+        self.key_slow()
+    }
+
+    #[inline(never)]
+    fn key_slow(&mut self) -> WireResult<(u32, u8)> {
+        let at = self.pos;
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) {
+            return Err(format!("invalid field key {k} at byte {at}"));
+        }
+        let wt = (k & 7) as u8;
+        if wt > WT_I32 {
+            return Err(format!("invalid wire type {wt} at byte {at}"));
+        }
+        let tag = (k >> 3) as u32;
+        if tag == 0 {
+            return Err(format!("invalid field number 0 at byte {at}"));
+        }
+        Ok((tag, wt))
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: u64, what: &'static str) -> WireResult<&'a [u8]> {
+        let left = (self.end - self.pos) as u64;
+        if n > left {
+            return Err(self.past_end(n, what));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn past_end(&self, n: u64, what: &str) -> String {
+        format!(
+            "{what} of {n} bytes at byte {} runs past the end of its message ({} bytes left)",
+            self.pos,
+            self.end - self.pos
+        )
+    }
+
+    /// A length-delimited field's contents.
+    #[inline(always)]
+    fn bytes(&mut self) -> WireResult<&'a [u8]> {
+        let n = self.varint()?;
+        self.take(n, "a length-delimited field")
+    }
+
+    /// A nested message as its own cursor.
+    #[inline(always)]
+    fn message(&mut self) -> WireResult<Cursor<'a>> {
+        let n = self.varint()?;
+        let start = self.pos;
+        self.take(n, "an embedded message")?;
+        Ok(Cursor {
+            buf: self.buf,
+            pos: start,
+            end: self.pos,
+        })
+    }
+
+    #[inline(always)]
+    fn fixed64(&mut self) -> WireResult<u64> {
+        let b = self.take(8, "a 64-bit field")?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// Skips an unknown field as prost does, groups included.
+    fn skip(&mut self, tag: u32, wt: u8, budget: u32) -> WireResult<()> {
+        if budget == 0 {
+            return Err("recursion limit reached (over 100 nested messages or groups)".into());
+        }
+        match wt {
+            WT_VARINT => {
+                self.varint()?;
+            }
+            WT_I64 => {
+                self.take(8, "a 64-bit field")?;
+            }
+            WT_LEN => {
+                self.bytes()?;
+            }
+            WT_I32 => {
+                self.take(4, "a 32-bit field")?;
+            }
+            WT_START_GROUP => loop {
+                let at = self.pos;
+                let (t, w) = self.key()?;
+                if w == WT_END_GROUP {
+                    if t != tag {
+                        return Err(format!(
+                            "end of group {t} at byte {at} does not close group {tag}"
+                        ));
+                    }
+                    break;
+                }
+                self.skip(t, w, budget - 1)?;
+            },
+            _ => {
+                return Err(format!(
+                    "unexpected end of group {tag} before byte {}",
+                    self.pos
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A known field sent with another wire type.
+#[inline(always)]
+fn expect_wt(field: &'static str, got: u8, want: u8) -> WireResult<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(wrong_wire_type(field, got, want))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_wire_type(field: &str, got: u8, want: u8) -> String {
+    format!(
+        "field {field} has wire type {} ({got}), expected {} ({want})",
+        wire_type_name(got),
+        wire_type_name(want)
+    )
+}
+
+/// `a < b` in byte order, inline: label names are short and usually
+/// differ in their first bytes, where a call to `memcmp` costs more than
+/// the comparison.
+#[inline(always)]
+fn less(a: &[u8], b: &[u8]) -> bool {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x < y;
+        }
+    }
+    a.len() < b.len()
+}
+
+/// Whether no byte is 0xfe or 0xff, the id's separators (never in UTF-8).
+/// Written as a max so that it vectorizes.
+#[inline]
+fn no_separator_bytes(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |m, &x| m.max(x)) < 0xfe
+}
+
+/// `prometheus.Label`: name and value, last one wins.
+#[inline(always)]
+fn label<'a>(mut c: Cursor<'a>, budget: u32) -> WireResult<(&'a [u8], &'a [u8])> {
+    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                expect_wt("name", wt, WT_LEN)?;
+                name = c.bytes()?;
+            }
+            2 => {
+                expect_wt("value", wt, WT_LEN)?;
+                value = c.bytes()?;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// `prometheus.Sample`.
+#[inline]
+fn sample(mut c: Cursor<'_>, budget: u32) -> WireResult<Sample> {
+    let mut s = Sample {
+        timestamp_ms: 0,
+        value: 0.0,
+    };
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                expect_wt("value", wt, WT_I64)?;
+                s.value = f64::from_bits(c.fixed64()?);
+            }
+            2 => {
+                expect_wt("timestamp", wt, WT_VARINT)?;
+                s.timestamp_ms = c.varint()? as i64;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(s)
+}
+
+/// `prometheus.Exemplar`: checked like prost checks it, then only counted.
+fn exemplar(mut c: Cursor<'_>, budget: u32) -> WireResult<()> {
+    let mut i = 0usize;
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                expect_wt("labels", wt, WT_LEN)?;
+                label(c.message()?, budget - 1).map_err(|e| format!("labels[{i}]: {e}"))?;
+                i += 1;
+            }
+            2 => {
+                expect_wt("value", wt, WT_I64)?;
+                c.fixed64()?;
+            }
+            3 => {
+                expect_wt("timestamp", wt, WT_VARINT)?;
+                c.varint()?;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(())
+}
+
+/// `prometheus.Histogram`: only its timestamp is declared (as in the prost
+/// type), so only that field's wire type is checked.
+fn histogram(mut c: Cursor<'_>, budget: u32) -> WireResult<()> {
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            15 => {
+                expect_wt("timestamp", wt, WT_VARINT)?;
+                c.varint()?;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(())
+}
+
+/// One `TimeSeries` as read: where it is in the body, its id when the
+/// cheap checks passed, where its samples are in the request's flat list.
+struct RawSeries {
+    start: usize,
+    end: usize,
+    id: Option<u64>,
+    samples_end: usize,
+    exemplars: usize,
+    histograms: usize,
+}
+
+/// A `MetricMetadata` as read.
+struct RawMetadata<'a> {
+    kind: i32,
+    family: &'a [u8],
+    help: &'a [u8],
+    unit: &'a [u8],
+}
+
+fn metadata<'a>(mut c: Cursor<'a>, budget: u32) -> WireResult<RawMetadata<'a>> {
+    let mut m = RawMetadata {
+        kind: 0,
+        family: &[],
+        help: &[],
+        unit: &[],
+    };
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                expect_wt("type", wt, WT_VARINT)?;
+                m.kind = c.varint()? as i32;
+            }
+            2 => {
+                expect_wt("metric_family_name", wt, WT_LEN)?;
+                m.family = c.bytes()?;
+            }
+            4 => {
+                expect_wt("help", wt, WT_LEN)?;
+                m.help = c.bytes()?;
+            }
+            5 => {
+                expect_wt("unit", wt, WT_LEN)?;
+                m.unit = c.bytes()?;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(m)
+}
+
+/// A whole request as read.
+struct Walk<'a> {
+    series: Vec<RawSeries>,
+    samples: Vec<Sample>,
+    metadata: Vec<RawMetadata<'a>>,
+}
+
+fn time_series(
+    mut c: Cursor<'_>,
+    budget: u32,
+    hasher: &mut SeriesIdHasher,
+    samples: &mut Vec<Sample>,
+) -> WireResult<RawSeries> {
+    let (start, end) = (c.pos, c.end);
+    hasher.clear();
+    let mut ok = true;
+    let mut prev: Option<&[u8]> = None;
+    let (mut nl, mut ns, mut exemplars, mut histograms) = (0usize, 0usize, 0usize, 0usize);
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                expect_wt("labels", wt, WT_LEN)?;
+                let (name, value) =
+                    label(c.message()?, budget - 1).map_err(|e| format!("labels[{nl}]: {e}"))?;
+                nl += 1;
+                ok &= !name.is_empty()
+                    && !value.is_empty()
+                    && prev.is_none_or(|p| less(p, name))
+                    && no_separator_bytes(name)
+                    && no_separator_bytes(value);
+                prev = Some(name);
+                if ok {
+                    hasher.push(name, value);
+                }
+            }
+            2 => {
+                expect_wt("samples", wt, WT_LEN)?;
+                samples.push(
+                    sample(c.message()?, budget - 1).map_err(|e| format!("samples[{ns}]: {e}"))?,
+                );
+                ns += 1;
+            }
+            3 => {
+                expect_wt("exemplars", wt, WT_LEN)?;
+                exemplar(c.message()?, budget - 1)
+                    .map_err(|e| format!("exemplars[{exemplars}]: {e}"))?;
+                exemplars += 1;
+            }
+            4 => {
+                expect_wt("histograms", wt, WT_LEN)?;
+                histogram(c.message()?, budget - 1)
+                    .map_err(|e| format!("histograms[{histograms}]: {e}"))?;
+                histograms += 1;
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(RawSeries {
+        start,
+        end,
+        id: ok.then(|| hasher.finish()),
+        samples_end: samples.len(),
+        exemplars,
+        histograms,
+    })
+}
+
+fn walk(body: &[u8]) -> WireResult<Walk<'_>> {
+    let mut c = Cursor::new(body);
+    let budget = RECURSION_LIMIT;
+    let mut hasher = SeriesIdHasher::default();
+    // A sample is at least 2 bytes (key + length), a series with a label
+    // and a sample at least ~16: room for the common case, no more.
+    let mut w = Walk {
+        series: Vec::with_capacity(body.len() / 128),
+        samples: Vec::with_capacity(body.len() / 64),
+        metadata: Vec::new(),
+    };
+    while c.more() {
+        let (tag, wt) = c.key()?;
+        match tag {
+            1 => {
+                let i = w.series.len();
+                expect_wt("timeseries", wt, WT_LEN).map_err(|e| format!("timeseries[{i}]: {e}"))?;
+                let m = c.message().map_err(|e| format!("timeseries[{i}]: {e}"))?;
+                let s = time_series(m, budget - 1, &mut hasher, &mut w.samples)
+                    .map_err(|e| format!("timeseries[{i}].{e}"))?;
+                w.series.push(s);
+            }
+            3 => {
+                let i = w.metadata.len();
+                expect_wt("metadata", wt, WT_LEN).map_err(|e| format!("metadata[{i}]: {e}"))?;
+                let m = c.message().map_err(|e| format!("metadata[{i}]: {e}"))?;
+                w.metadata
+                    .push(metadata(m, budget - 1).map_err(|e| format!("metadata[{i}]: {e}"))?);
+            }
+            _ => c.skip(tag, wt, budget)?,
+        }
+    }
+    Ok(w)
+}
+
+/// The labels of a series the walk read already (so well-formed), in order.
+fn labels_of<'a>(body: &'a [u8], s: &RawSeries) -> Vec<(&'a [u8], &'a [u8])> {
+    let mut c = Cursor {
+        buf: body,
+        pos: s.start,
+        end: s.end,
+    };
+    let mut out = Vec::new();
+    while c.more() {
+        let Ok((tag, wt)) = c.key() else { break };
+        if tag == 1 && wt == WT_LEN {
+            match c.message().and_then(|m| label(m, RECURSION_LIMIT)) {
+                Ok(l) => out.push(l),
+                Err(_) => break,
+            }
+        } else if c.skip(tag, wt, RECURSION_LIMIT).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Decodes a (decompressed) `WriteRequest`. `known` is asked once which of
+/// the series ids read are in the catalog (and answers in order); those
+/// series are sent by id, the others by labels after validation.
+pub fn decode_with_known(
+    body: &[u8],
+    known: impl FnOnce(&[u64], &mut Vec<bool>),
+) -> Result<Decoded, DecodeError> {
+    let w = walk(body).map_err(|detail| DecodeError::Protobuf {
+        message_name: "prometheus.WriteRequest",
+        detail,
+    })?;
+    let mut ids = Vec::with_capacity(w.series.len());
+    for s in &w.series {
+        if let (Some(id), 0) = (s.id, s.histograms) {
+            ids.push(id);
+        }
+    }
+    let mut is_known = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        known(&ids, &mut is_known);
+    }
+    let mut known_flags = is_known.iter().copied();
+
+    let mut out = Decoded::default();
+    out.batch.known = KnownSeriesSamples::with_capacity(ids.len(), w.samples.len());
+    let mut start = 0usize;
+    for (i, s) in w.series.iter().enumerate() {
+        let samples = &w.samples[start..s.samples_end];
+        start = s.samples_end;
+        out.exemplars_dropped += s.exemplars;
+        if let (Some(id), 0) = (s.id, s.histograms)
+            && known_flags.next().unwrap_or(false)
+        {
+            out.batch.known.push(id, samples);
+            continue;
+        }
+        let raw = labels_of(body, s);
+        if let Some(write) = super::series_write(&mut out, i, &raw, samples, s.histograms) {
+            out.batch.series.push(write);
+        }
+    }
+    for (i, m) in w.metadata.iter().enumerate() {
+        match super::metadata(m.kind, m.family, m.help, m.unit) {
+            Ok(md) => out.batch.metadata.push(md),
+            Err(problem) => out.rejected.add(reason::INVALID_METADATA, 0, || {
+                format!("metadata[{i}]: {problem}")
+            }),
+        }
+    }
+    Ok(out)
+}
