@@ -145,6 +145,20 @@ pub struct Decoded {
     pub exemplars_dropped: usize,
 }
 
+impl Decoded {
+    /// Equality that also holds for NaN samples (`PartialEq` says
+    /// NaN != NaN): the whole value as printed, and every sample value's
+    /// bits. For comparing decoders (tests, the fuzz target).
+    pub fn same_as(&self, other: &Decoded) -> bool {
+        let bits = |d: &Decoded| -> Vec<u64> {
+            let by_labels = d.batch.series.iter().flat_map(|s| s.samples.iter());
+            let by_id = d.batch.known.iter().flat_map(|(_, s)| s.iter());
+            by_labels.chain(by_id).map(|s| s.value.to_bits()).collect()
+        };
+        format!("{self:?}") == format!("{other:?}") && bits(self) == bits(other)
+    }
+}
+
 /// `reason` label values of refused samples.
 pub mod reason {
     pub const INVALID_LABELS: &str = "invalid_labels";

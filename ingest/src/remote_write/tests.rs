@@ -720,23 +720,12 @@ proptest! {
 
 // ------------------------------------- in-place decoder against prost
 
-/// Equality that holds for NaN samples too (`PartialEq` says NaN != NaN):
-/// the whole value as printed, and every sample value's bits.
-fn same(a: &Decoded, b: &Decoded) -> bool {
-    let bits = |d: &Decoded| -> Vec<u64> {
-        let by_labels = d.batch.series.iter().flat_map(|s| s.samples.iter());
-        let by_id = d.batch.known.iter().flat_map(|(_, s)| s.iter());
-        by_labels.chain(by_id).map(|s| s.value.to_bits()).collect()
-    };
-    format!("{a:?}") == format!("{b:?}") && bits(a) == bits(b)
-}
-
 /// Both decoders accept the same bodies and give the same result.
 fn same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
     let ours = decode_partial(bytes);
     let reference = decode_partial_prost(bytes);
     match (&ours, &reference) {
-        (Ok(a), Ok(b)) => prop_assert!(same(a, b), "{a:?} != {b:?}"),
+        (Ok(a), Ok(b)) => prop_assert!(a.same_as(b), "{a:?} != {b:?}"),
         (Err(a), Err(_)) => prop_assert!(
             a.to_string()
                 .starts_with("request body is not a valid protobuf prometheus.WriteRequest: "),
@@ -1101,6 +1090,6 @@ proptest! {
             }
         }
         prop_assert!(kept.next().is_none());
-        prop_assert!(same(&d, &expected), "{d:?} != {expected:?}");
+        prop_assert!(d.same_as(&expected), "{d:?} != {expected:?}");
     }
 }

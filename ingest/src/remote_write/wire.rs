@@ -367,6 +367,14 @@ struct RawSeries {
     histograms: usize,
 }
 
+impl RawSeries {
+    /// The id to ask the store about: the cheap checks passed and there are
+    /// no native histograms (whose refusal message needs the labels).
+    fn by_id_candidate(&self) -> Option<u64> {
+        self.id.filter(|_| self.histograms == 0)
+    }
+}
+
 /// A `MetricMetadata` as read.
 struct RawMetadata<'a> {
     kind: i32,
@@ -544,11 +552,7 @@ pub fn decode_with_known(
         detail,
     })?;
     let mut ids = Vec::with_capacity(w.series.len());
-    for s in &w.series {
-        if let (Some(id), 0) = (s.id, s.histograms) {
-            ids.push(id);
-        }
-    }
+    ids.extend(w.series.iter().filter_map(RawSeries::by_id_candidate));
     let mut is_known = Vec::with_capacity(ids.len());
     if !ids.is_empty() {
         known(&ids, &mut is_known);
@@ -562,7 +566,7 @@ pub fn decode_with_known(
         let samples = &w.samples[start..s.samples_end];
         start = s.samples_end;
         out.exemplars_dropped += s.exemplars;
-        if let (Some(id), 0) = (s.id, s.histograms)
+        if let Some(id) = s.by_id_candidate()
             && known_flags.next().unwrap_or(false)
         {
             out.batch.known.push(id, samples);

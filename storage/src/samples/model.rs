@@ -170,14 +170,11 @@ impl Labels {
     /// labels give the same id in every process and version (the id is
     /// stored in Parquet files).
     pub fn series_id(&self) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut h = SeriesIdHasher::default();
         for l in self.0.iter() {
-            h.update(l.name.as_bytes());
-            h.update(&[0xff]);
-            h.update(l.value.as_bytes());
-            h.update(&[0xfe]);
+            h.push(l.name.as_bytes(), l.value.as_bytes());
         }
-        h.digest()
+        h.finish()
     }
 }
 
@@ -206,8 +203,8 @@ impl SeriesIdHasher {
         self.buf.push(0xfe);
     }
 
-    /// The id: the streaming hash of `series_id` and the one-shot hash of
-    /// the same bytes are the same function.
+    /// The id: xxh3 of `name 0xff value 0xfe` per label, bytes that never
+    /// occur in UTF-8 marking where names and values end.
     pub fn finish(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(&self.buf)
     }
@@ -325,12 +322,25 @@ impl KnownSeriesSamples {
 
     /// Adds the samples of one series (none: nothing is added).
     pub fn push(&mut self, id: u64, samples: &[Sample]) {
-        if samples.is_empty() {
-            return;
-        }
         self.samples.extend_from_slice(samples);
+        self.end_series(id);
+    }
+
+    /// Adds one sample to the series being built; [`Self::end_series`] names it.
+    pub(crate) fn push_sample(&mut self, s: Sample) {
+        self.samples.push(s);
+    }
+
+    /// Ends the series being built (the samples added since the last one)
+    /// as `id`; false, and nothing added, when it got no samples.
+    pub(crate) fn end_series(&mut self, id: u64) -> bool {
+        let start = self.ends.last().map_or(0, |&e| e as usize);
+        if self.samples.len() == start {
+            return false;
+        }
         self.ids.push(id);
         self.ends.push(self.samples.len() as u32);
+        true
     }
 
     /// Number of series entries (a series sent twice counts twice).

@@ -178,41 +178,20 @@ type Snapshot = (
     Vec<(u32, Vec<(i64, f64)>)>,
 );
 
-/// The samples an append stored, flat: entry `i` is series ordinal
-/// `ords[i]` (id `ids[i]`) with `samples[ends[i - 1]..ends[i]]`.
+/// The samples an append stored: series `i` is ordinal `ords[i]` with the
+/// id and samples of entry `i` of `samples`.
 #[derive(Default)]
 struct Accepted {
     ords: Vec<u32>,
-    ids: Vec<u64>,
-    ends: Vec<u32>,
-    samples: Vec<(i64, f64)>,
+    samples: KnownSeriesSamples,
 }
 
 impl Accepted {
-    fn with_capacity(series: usize, samples: usize) -> Self {
-        Accepted {
-            ords: Vec::with_capacity(series),
-            ids: Vec::with_capacity(series),
-            ends: Vec::with_capacity(series),
-            samples: Vec::with_capacity(samples),
-        }
-    }
-
-    /// Ends the current entry: the samples pushed since the last one.
-    fn close(&mut self, ord: u32, id: u64) {
-        self.ords.push(ord);
-        self.ids.push(id);
-        self.ends.push(self.samples.len() as u32);
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u32, u64, &[(i64, f64)])> + '_ {
-        let mut start = 0usize;
-        (0..self.ords.len()).map(move |i| {
-            let end = self.ends[i] as usize;
-            let s = &self.samples[start..end];
-            start = end;
-            (self.ords[i], self.ids[i], s)
-        })
+    fn iter(&self) -> impl Iterator<Item = (u32, &[Sample])> + '_ {
+        self.ords
+            .iter()
+            .zip(self.samples.iter())
+            .map(|(&o, (_, s))| (o, s))
     }
 }
 type RotateReply = std::io::Result<Option<(Arc<Vec<SeriesBuf>>, u64, u64)>>;
@@ -407,13 +386,13 @@ impl SampleStore {
         }
         let mut replayed = 0usize;
         for r in decoded {
-            for (id, samples) in r.samples {
+            for (id, samples) in r.samples.iter() {
                 let Some(ord) = cat.ordinal(id) else {
                     tracing::warn!(id, "WAL samples for an unknown series skipped");
                     continue;
                 };
                 replayed += samples.len();
-                push_head(&mut head, ord, &samples);
+                push_head(&mut head, ord, samples);
             }
         }
         if head.samples > 0 {
@@ -566,7 +545,7 @@ impl SampleStore {
         // catalog (for the examples of refused samples).
         let mut ords: Vec<Option<u32>> = Vec::with_capacity(batch.series.len());
         let mut ids = Vec::with_capacity(batch.series.len());
-        let mut known: Vec<(u32, Labels)> = Vec::with_capacity(batch.known.len());
+        let mut known: Vec<Option<(u32, Labels)>> = Vec::with_capacity(batch.known.len());
         let mut missing = false;
         {
             let cat = self.inner.catalog.read();
@@ -578,15 +557,13 @@ impl SampleStore {
                 ords.push(o);
             }
             for (id, samples) in batch.known.iter() {
-                match cat.ordinal(id) {
-                    Some(o) => known.push((o, cat.labels(o).clone())),
-                    None => {
-                        report.reject(RejectReason::UnknownSeries, samples.len() as u64, || {
-                            format!("series id {id:016x}: sent by id but not in the catalog")
-                        });
-                        known.push((u32::MAX, Labels::default()));
-                    }
+                let o = cat.ordinal(id);
+                if o.is_none() {
+                    report.reject(RejectReason::UnknownSeries, samples.len() as u64, || {
+                        format!("series id {id:016x}: sent by id but not in the catalog")
+                    });
                 }
+                known.push(o.map(|o| (o, cat.labels(o).clone())));
             }
         }
         let mut defs: Vec<(u64, Labels)> = Vec::new();
@@ -628,8 +605,13 @@ impl SampleStore {
             }
         }
 
-        let mut accepted =
-            Accepted::with_capacity(batch.series.len() + batch.known.len(), batch.sample_count());
+        let mut accepted = Accepted {
+            ords: Vec::with_capacity(batch.series.len() + batch.known.len()),
+            samples: KnownSeriesSamples::with_capacity(
+                batch.series.len() + batch.known.len(),
+                batch.sample_count(),
+            ),
+        };
         {
             let mut h = self.inner.head.lock();
             let mut keep = |o: u32, id: u64, labels: &Labels, samples: &[Sample]| {
@@ -638,7 +620,6 @@ impl SampleStore {
                     h.max_ts.resize(o_us + 1, i64::MIN);
                 }
                 let mut max = h.max_ts[o_us];
-                let before = accepted.samples.len();
                 for smp in samples {
                     let t = smp.timestamp_ms;
                     let reason = if t < cutoff {
@@ -664,13 +645,13 @@ impl SampleStore {
                         }),
                         None => {
                             max = max.max(t);
-                            accepted.samples.push((t, smp.value));
+                            accepted.samples.push_sample(*smp);
                         }
                     }
                 }
                 h.max_ts[o_us] = max;
-                if accepted.samples.len() > before {
-                    accepted.close(o, id);
+                if accepted.samples.end_series(id) {
+                    accepted.ords.push(o);
                 }
             };
             for (i, s) in batch.series.iter().enumerate() {
@@ -678,13 +659,13 @@ impl SampleStore {
                     keep(o, ids[i], &s.labels, &s.samples);
                 }
             }
-            for ((id, samples), (o, labels)) in batch.known.iter().zip(&known) {
-                if *o != u32::MAX {
+            for ((id, samples), k) in batch.known.iter().zip(&known) {
+                if let Some((o, labels)) = k {
                     keep(*o, id, labels, samples);
                 }
             }
         }
-        report.accepted = accepted.samples.len() as u64;
+        report.accepted = accepted.samples.sample_count() as u64;
         drop(known);
         let t = &self.inner.telemetry;
         for (r, n) in &report.rejected {
@@ -697,13 +678,7 @@ impl SampleStore {
         if accepted.ords.is_empty() && defs.is_empty() && batch.metadata.is_empty() {
             return Ok(report);
         }
-        let payload = walrec::encode_parts(
-            &defs,
-            accepted.ords.len(),
-            accepted.samples.len(),
-            accepted.iter().map(|(_, id, s)| (id, s)),
-            &batch.metadata,
-        );
+        let payload = walrec::encode(&defs, &accepted.samples, &batch.metadata);
         drop(defs);
         drop(batch);
         let (reply, rx) = oneshot::channel();
@@ -1702,7 +1677,7 @@ impl PartWriter {
     }
 }
 
-fn push_head(h: &mut Head, ord: u32, samples: &[(i64, f64)]) {
+fn push_head(h: &mut Head, ord: u32, samples: &[Sample]) {
     let o = ord as usize;
     if h.series.len() <= o {
         h.series.resize_with(o + 1, SeriesBuf::default);
@@ -1711,10 +1686,10 @@ fn push_head(h: &mut Head, ord: u32, samples: &[(i64, f64)]) {
         h.max_ts.resize(o + 1, i64::MIN);
     }
     let b = &mut h.series[o];
-    for &(t, v) in samples {
-        b.ts.push(t);
-        b.v.push(v);
-        h.max_ts[o] = h.max_ts[o].max(t);
+    for s in samples {
+        b.ts.push(s.timestamp_ms);
+        b.v.push(s.value);
+        h.max_ts[o] = h.max_ts[o].max(s.timestamp_ms);
     }
     h.samples += samples.len();
 }
@@ -1735,7 +1710,7 @@ fn wal_loop(mut wal: Wal, inner: Arc<Inner>, rx: mpsc::Receiver<WalCmd>) {
             Ok(()) => {
                 let mut h = inner.head.lock();
                 for (acc, _) in pending.iter() {
-                    for (o, _, s) in acc.iter() {
+                    for (o, s) in acc.iter() {
                         push_head(&mut h, o, s);
                     }
                 }

@@ -6,39 +6,26 @@
 //! `u32 metadata; (str json)*` — strings are u32 length + UTF-8.
 
 use super::catalog::{Reader, put_str};
-use super::model::{Label, Labels, MetricMetadata};
+use super::model::{KnownSeriesSamples, Label, Labels, MetricMetadata, Sample};
 use crate::error::{Result, StorageError};
 use std::sync::Arc;
 
 #[derive(Default, Debug, PartialEq)]
 pub(crate) struct Record {
     pub defs: Vec<(u64, Labels)>,
-    pub samples: Vec<(u64, Vec<(i64, f64)>)>,
+    pub samples: KnownSeriesSamples,
     pub metadata: Vec<MetricMetadata>,
 }
 
-#[cfg(test)]
-pub(crate) fn encode(r: &Record) -> Vec<u8> {
-    let n: usize = r.samples.iter().map(|(_, s)| s.len()).sum();
-    encode_parts(
-        &r.defs,
-        r.samples.len(),
-        n,
-        r.samples.iter().map(|(id, s)| (*id, s.as_slice())),
-        &r.metadata,
-    )
-}
-
-/// Encodes a record from its parts: `series` entries holding `samples`
-/// samples in all (for the size), given as `(id, samples)`.
-pub(crate) fn encode_parts<'a>(
+/// Encodes a record: the series created, the samples by id, the metadata.
+pub(crate) fn encode(
     defs: &[(u64, Labels)],
-    series: usize,
-    samples: usize,
-    entries: impl Iterator<Item = (u64, &'a [(i64, f64)])>,
+    samples: &KnownSeriesSamples,
     metadata: &[MetricMetadata],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + samples * 16 + series * 12 + defs.len() * 128);
+    let mut out = Vec::with_capacity(
+        12 + samples.sample_count() * 16 + samples.len() * 12 + defs.len() * 128,
+    );
     out.extend_from_slice(&(defs.len() as u32).to_le_bytes());
     for (id, labels) in defs {
         out.extend_from_slice(&id.to_le_bytes());
@@ -48,18 +35,15 @@ pub(crate) fn encode_parts<'a>(
             put_str(&mut out, &l.value);
         }
     }
-    out.extend_from_slice(&(series as u32).to_le_bytes());
-    let mut written = 0usize;
-    for (id, s) in entries {
-        written += 1;
+    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    for (id, s) in samples.iter() {
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        for (t, v) in s {
-            out.extend_from_slice(&t.to_le_bytes());
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        for smp in s {
+            out.extend_from_slice(&smp.timestamp_ms.to_le_bytes());
+            out.extend_from_slice(&smp.value.to_bits().to_le_bytes());
         }
     }
-    debug_assert_eq!(written, series, "series count announced and written differ");
     out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
     for m in metadata {
         put_str(&mut out, &serde_json::to_string(m).unwrap_or_default());
@@ -96,13 +80,15 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Record> {
         if n > buf.len() / 16 {
             return Err(bad());
         }
-        let mut s = Vec::with_capacity(n);
         for _ in 0..n {
-            let t = r.u64().ok_or_else(bad)? as i64;
-            let v = f64::from_bits(r.u64().ok_or_else(bad)?);
-            s.push((t, v));
+            let timestamp_ms = r.u64().ok_or_else(bad)? as i64;
+            let value = f64::from_bits(r.u64().ok_or_else(bad)?);
+            rec.samples.push_sample(Sample {
+                timestamp_ms,
+                value,
+            });
         }
-        rec.samples.push((id, s));
+        rec.samples.end_series(id);
     }
     let meta = r.u32().ok_or_else(bad)?;
     for _ in 0..meta {
@@ -122,9 +108,17 @@ mod tests {
     #[test]
     fn round_trip() {
         let l = Labels::series([("__name__", "x"), ("a", "b")]).unwrap();
+        let mut samples = KnownSeriesSamples::default();
+        samples.push(
+            l.series_id(),
+            &[(1, 1.5), (2, f64::INFINITY)].map(|(timestamp_ms, value)| Sample {
+                timestamp_ms,
+                value,
+            }),
+        );
         let rec = Record {
             defs: vec![(l.series_id(), l.clone())],
-            samples: vec![(l.series_id(), vec![(1, 1.5), (2, f64::INFINITY)])],
+            samples,
             metadata: vec![MetricMetadata {
                 metric_family: "x".into(),
                 kind: MetricType::Counter,
@@ -132,7 +126,7 @@ mod tests {
                 unit: String::new(),
             }],
         };
-        let enc = encode(&rec);
+        let enc = encode(&rec.defs, &rec.samples, &rec.metadata);
         assert_eq!(decode(&enc).unwrap(), rec);
         for cut in [0, 3, 10, enc.len() - 1] {
             assert!(decode(&enc[..cut]).is_err(), "cut at {cut}");
