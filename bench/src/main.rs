@@ -273,16 +273,21 @@ async fn ingest(
             while !stop.load(Ordering::Relaxed) {
                 let p = &payloads[i % payloads.len()];
                 i += 1;
-                let spans = match format.as_str() {
-                    "otlp" => meshlens_ingest::otlp::decode_otlp_proto(p).map(|b| b.spans),
-                    _ => meshlens_ingest::zipkin::json_v2::decode_json_v2(p),
+                let batch = match format.as_str() {
+                    "otlp" => meshlens_ingest::otlp::decode_otlp_proto(p)
+                        .map(|b| b.batch)
+                        .expect("decode"),
+                    _ => {
+                        let spans =
+                            meshlens_ingest::zipkin::json_v2::decode_json_v2(p).expect("decode");
+                        meshlens_storage::schema::spans_to_batch(&spans).expect("batch")
+                    }
                 };
-                let spans = spans.expect("decode");
-                let n = spans.len() as u64;
-                storage.append_span_slice(&spans).await.expect("append");
+                let n = batch.num_rows() as u64;
+                storage.append_batch(batch.clone()).await.expect("append");
                 if let Some(d) = &deriver {
                     let t = thread_cpu_ns();
-                    d.observe(&spans);
+                    d.observe_batch(&batch);
                     derive_ns.fetch_add(thread_cpu_ns().saturating_sub(t), Ordering::Relaxed);
                 }
                 count.fetch_add(n, Ordering::Relaxed);

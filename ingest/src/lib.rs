@@ -20,6 +20,7 @@ pub mod validate;
 pub mod zipkin;
 
 mod pipeline;
+mod protowire;
 #[cfg(test)]
 mod test_util;
 

@@ -4,9 +4,11 @@
 
 use crate::error::{DecodeError, IngestError};
 use crate::{IngestState, metrics};
+use arrow::record_batch::RecordBatch;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meshlens_storage::model::Span;
+use meshlens_storage::schema::spans_to_batch;
 
 /// Bodies larger than this are decoded on the blocking pool so a 16 MiB
 /// batch does not stall other requests on the same worker.
@@ -32,16 +34,31 @@ pub(crate) async fn store(
     receiver: &'static str,
     spans: Vec<Span>,
 ) -> Result<(), IngestError> {
-    let n = spans.len();
+    if spans.is_empty() {
+        return Ok(());
+    }
+    let batch = spans_to_batch(&spans)
+        .map_err(|e| IngestError::Storage(meshlens_storage::StorageError::Arrow(e)))?;
+    store_batch(state, receiver, batch).await
+}
+
+/// Appends a batch of the `spans` table (from a decoder that builds one)
+/// and counts its spans as received (or rejected, with the reason).
+pub(crate) async fn store_batch(
+    state: &IngestState,
+    receiver: &'static str,
+    batch: RecordBatch,
+) -> Result<(), IngestError> {
+    let n = batch.num_rows();
     if n == 0 {
         return Ok(());
     }
     let t = state.storage.telemetry();
-    match state.storage.append_span_slice(&spans).await {
+    match state.storage.append_batch(batch.clone()).await {
         Ok(()) => {
             metrics::spans_received(t, receiver, n);
             if let Some(d) = &state.deriver {
-                d.observe(&spans);
+                d.observe_batch(&batch);
             }
             Ok(())
         }

@@ -4,6 +4,7 @@
 
 use crate::error::Problem;
 use meshlens_storage::model::{IdError, Span, SpanId, TraceId, UnixNanos};
+use meshlens_storage::span_builder::{AttrRef, SpanParts, SpanRef};
 
 /// Most attributes (tags) accepted on one span.
 pub const MAX_ATTRIBUTES: usize = 10_000;
@@ -222,6 +223,16 @@ pub fn check_span(
     now: UnixNanos,
     fmt: Format,
 ) -> Result<(), FieldProblem> {
+    check_span_ref(&SpanParts::default().of(span), attribute_count, now, fmt)
+}
+
+/// [`check_span`] on a borrowed span, before it is appended to a batch.
+pub fn check_span_ref(
+    span: &SpanRef<'_>,
+    attribute_count: usize,
+    now: UnixNanos,
+    fmt: Format,
+) -> Result<(), FieldProblem> {
     if attribute_count > MAX_ATTRIBUTES {
         return Err((
             None,
@@ -244,28 +255,30 @@ pub fn check_span(
         ));
     }
     if let Some(start) = span.start {
-        check_time(start, now, fmt).map_err(|p| (Some(fmt.start_field().to_string()), p))?;
+        check_time(UnixNanos(start), now, fmt)
+            .map_err(|p| (Some(fmt.start_field().to_string()), p))?;
     }
     check_len(|| "name".to_string(), &span.name)?;
     for (side, e) in [
         ("localEndpoint", &span.local),
         ("remoteEndpoint", &span.remote),
     ] {
-        if let Some(s) = &e.service_name {
+        if let Some(s) = e.service_name {
             check_len(|| format!("{side}.serviceName"), s)?;
         }
     }
     let tag = fmt.attributes_noun();
-    for (k, v) in &span.attributes {
+    for (k, v) in span.attributes.iter() {
         check_len(|| format!("{tag} key {}", short_key(k)), k)?;
-        if let meshlens_storage::model::AttrValue::Str(s)
-        | meshlens_storage::model::AttrValue::Json(s) = v
-        {
-            check_len(|| format!("{tag}[{}]", short_key(k)), s)?;
+        match v {
+            AttrRef::Str(s) => check_len(|| format!("{tag}[{}]", short_key(k)), s)?,
+            AttrRef::Json(s) => check_len(|| format!("{tag}[{}]", short_key(k)), s)?,
+            _ => {}
         }
     }
     for (i, ev) in span.events.iter().enumerate() {
-        check_time(ev.time, now, fmt).map_err(|p| (Some(fmt.event_path(i, "time")), p))?;
+        check_time(UnixNanos(ev.time), now, fmt)
+            .map_err(|p| (Some(fmt.event_path(i, "time")), p))?;
         check_len(|| fmt.event_path(i, "name"), &ev.name)?;
     }
     Ok(())

@@ -465,8 +465,27 @@ impl Storage {
         if self.stopping.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }
+        self.append_batch(spans_to_batch(spans)?).await
+    }
+
+    /// Appends a batch of the `spans` schema (from a
+    /// [`crate::span_builder::SpanBatchBuilder`]) durably, as
+    /// [`Storage::append_spans`] does.
+    pub async fn append_batch(&self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(StorageError::ShuttingDown);
+        }
+        let schema = batch.schema();
+        if !Arc::ptr_eq(&schema, &spans_schema()) && schema != spans_schema() {
+            return Err(arrow::error::ArrowError::SchemaError(
+                "append_batch: the batch is not of the spans schema".into(),
+            )
+            .into());
+        }
         self.check_budget()?;
-        let batch = spans_to_batch(spans)?;
         let payload = encode_ipc(&batch)?;
         let (reply, rx) = oneshot::channel();
         self.wal_tx

@@ -13,6 +13,8 @@ pub mod error;
 pub mod model;
 pub mod samples;
 pub mod schema;
+pub mod span_builder;
+pub mod span_view;
 pub mod telemetry;
 
 mod engine;

@@ -325,13 +325,7 @@ pub enum AttrValue {
 impl AttrValue {
     /// The value as a Zipkin tag string (how the OTel Zipkin exporter renders it).
     pub fn to_tag_string(&self) -> String {
-        match self {
-            AttrValue::Str(s) => s.clone(),
-            AttrValue::Bool(b) => b.to_string(),
-            AttrValue::Int(i) => i.to_string(),
-            AttrValue::Double(d) => d.to_string(),
-            AttrValue::Json(j) => j.clone(),
-        }
+        crate::span_builder::AttrRef::from_value(self).to_tag_string()
     }
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -10,13 +10,12 @@ use crate::model::{
     AttrValue, Attributes, Endpoint, Event, Link, Span, SpanId, SpanKind, StatusCode, TraceId,
     UnixNanos,
 };
+use crate::span_builder::{AttrRef, BatchSizeHint, SpanBatchBuilder, SpanParts};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, FixedSizeBinaryArray,
-    FixedSizeBinaryBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder, ListBuilder,
-    MapArray, MapBuilder, MapFieldNames, StringArray, StringBuilder, StringDictionaryBuilder,
-    StructArray, StructBuilder, UInt8Array, UInt8Builder, UInt32Array, UInt32Builder,
+    Array, AsArray, BooleanArray, FixedSizeBinaryArray, Int32Array, Int64Array, MapArray,
+    StringArray, StructArray, UInt8Array, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use std::sync::{Arc, LazyLock};
@@ -66,7 +65,7 @@ fn map_type() -> DataType {
     DataType::Map(Arc::new(entries), false)
 }
 
-fn event_fields() -> Fields {
+pub(crate) fn event_fields() -> Fields {
     Fields::from(vec![
         Field::new("time_unix_nano", DataType::Int64, true),
         Field::new("name", DataType::Utf8, true),
@@ -74,7 +73,7 @@ fn event_fields() -> Fields {
     ])
 }
 
-fn link_fields() -> Fields {
+pub(crate) fn link_fields() -> Fields {
     Fields::from(vec![
         Field::new("trace_id", DataType::FixedSizeBinary(16), true),
         Field::new("span_id", DataType::FixedSizeBinary(8), true),
@@ -151,310 +150,45 @@ pub fn spans_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-type Dict = StringDictionaryBuilder<Int32Type>;
-
-enum TagBuilder {
-    Dict(Dict),
-    Plain(StringBuilder),
-}
-
-impl TagBuilder {
-    fn append(&mut self, v: Option<&str>) {
-        match self {
-            TagBuilder::Dict(b) => b.append_option(v),
-            TagBuilder::Plain(b) => b.append_option(v),
-        }
-    }
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            TagBuilder::Dict(b) => Arc::new(b.finish()),
-            TagBuilder::Plain(b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-/// Sizes of one attribute map column: rows, entries, key bytes, value bytes.
-#[derive(Default)]
-struct MapSize {
-    rows: usize,
-    entries: usize,
-    key_bytes: usize,
-    value_bytes: usize,
-}
-
-impl MapSize {
-    /// What `append_attrs` will put in the plain (string) map and in the
-    /// typed one, for these attribute sets minus the `skip` keys.
-    fn of<'a>(
-        attrs: impl Iterator<Item = &'a Attributes>,
-        skip: &[(&str, &str)],
-    ) -> (MapSize, MapSize) {
-        let (mut plain, mut typed) = (MapSize::default(), MapSize::default());
-        for a in attrs {
-            plain.rows += 1;
-            typed.rows += 1;
-            for (k, v) in a {
-                let (m, len) = match v {
-                    AttrValue::Str(s) => {
-                        if skip.iter().any(|(key, _)| key == k) {
-                            continue;
-                        }
-                        (&mut plain, s.len())
-                    }
-                    AttrValue::Json(s) => (&mut typed, s.len() + 2),
-                    _ => (&mut typed, 24),
-                };
-                m.entries += 1;
-                m.key_bytes += k.len();
-                m.value_bytes += len;
-            }
-        }
-        (plain, typed)
-    }
-}
-
-/// A map builder with room for `size` (no reallocation while appending):
-/// growing these buffers by doubling was a large share of ingest time.
-fn new_map_builder(size: &MapSize) -> MapBuilder<StringBuilder, StringBuilder> {
-    MapBuilder::with_capacity(
-        Some(MapFieldNames {
-            entry: "entries".into(),
-            key: "keys".into(),
-            value: "values".into(),
-        }),
-        StringBuilder::with_capacity(size.entries, size.key_bytes),
-        StringBuilder::with_capacity(size.entries, size.value_bytes),
-        size.rows,
-    )
-}
-
-/// Typed attribute values are stored as text with a one-letter type prefix.
-fn encode_typed(v: &AttrValue) -> String {
-    match v {
-        AttrValue::Str(s) => format!("s:{s}"),
-        AttrValue::Bool(b) => format!("b:{b}"),
-        AttrValue::Int(i) => format!("i:{i}"),
-        AttrValue::Double(d) => format!("d:{}", d.to_bits()),
-        AttrValue::Json(j) => format!("j:{j}"),
-    }
-}
-
 fn decode_typed(s: &str) -> AttrValue {
+    decode_typed_ref(s).to_owned_value()
+}
+
+/// [`decode_typed`], borrowing.
+pub(crate) fn decode_typed_ref(s: &str) -> AttrRef<'_> {
     let (tag, rest) = s.split_at(s.len().min(2));
     match tag {
-        "b:" => AttrValue::Bool(rest == "true"),
-        "i:" => rest
-            .parse()
-            .map(AttrValue::Int)
-            .unwrap_or_else(|_| AttrValue::Str(rest.into())),
+        "b:" => AttrRef::Bool(rest == "true"),
+        "i:" => rest.parse().map(AttrRef::Int).unwrap_or(AttrRef::Str(rest)),
         "d:" => rest
             .parse::<u64>()
-            .map(|b| AttrValue::Double(f64::from_bits(b)))
-            .unwrap_or_else(|_| AttrValue::Str(rest.into())),
-        "j:" => AttrValue::Json(rest.into()),
-        "s:" => AttrValue::Str(rest.into()),
-        _ => AttrValue::Str(s.into()),
+            .map(|b| AttrRef::Double(f64::from_bits(b)))
+            .unwrap_or(AttrRef::Str(rest)),
+        "j:" => AttrRef::Json(std::borrow::Cow::Borrowed(rest)),
+        "s:" => AttrRef::Str(rest),
+        _ => AttrRef::Str(s),
     }
 }
 
-/// Writes string attributes (minus `skip`) into `plain` and the others into `typed`.
-fn append_attrs(
-    attrs: &Attributes,
-    skip: &[(&str, &str)],
-    plain: &mut MapBuilder<StringBuilder, StringBuilder>,
-    typed: &mut MapBuilder<StringBuilder, StringBuilder>,
-) -> Result<(), ArrowError> {
-    for (k, v) in attrs {
-        match v {
-            AttrValue::Str(s) => {
-                if skip.iter().any(|(key, _)| key == k) {
-                    continue;
-                }
-                plain.keys().append_value(k);
-                plain.values().append_value(s);
-            }
-            other => {
-                typed.keys().append_value(k);
-                typed.values().append_value(encode_typed(other));
-            }
-        }
-    }
-    plain.append(true)?;
-    typed.append(true)?;
-    Ok(())
+/// The position of a promoted tag in [`PROMOTED_TAGS`] (its column among
+/// the tag columns). Comparing `&str`s checks their lengths first, and the
+/// keys' lengths mostly differ: cheaper than hashing the key.
+#[inline]
+pub fn promoted_index(key: &str) -> Option<usize> {
+    PROMOTED_TAGS.iter().position(|(k, _)| *k == key)
 }
 
 /// Converts spans into one record batch of the `spans` schema.
 pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ArrowError> {
-    let n = spans.len();
-    let mut trace_id = FixedSizeBinaryBuilder::with_capacity(n, 16);
-    let mut trace_id_64 = BooleanBuilder::with_capacity(n);
-    let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
-    let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
-    let mut name = Dict::with_capacity(n, 64, 1024);
-    let mut kind = UInt8Builder::with_capacity(n);
-    let mut start = Int64Builder::with_capacity(n);
-    let mut duration = Int64Builder::with_capacity(n);
-    let mut service = Dict::with_capacity(n, 64, 1024);
-    let mut local_ipv4 = Dict::with_capacity(n, 64, 1024);
-    let mut local_ipv6 = Dict::with_capacity(n, 64, 1024);
-    let mut local_port = Int32Builder::with_capacity(n);
-    let mut remote_service = Dict::with_capacity(n, 64, 1024);
-    let mut remote_ipv4 = Dict::with_capacity(n, 64, 1024);
-    let mut remote_ipv6 = Dict::with_capacity(n, 64, 1024);
-    let mut remote_port = Int32Builder::with_capacity(n);
-    let mut shared = BooleanBuilder::with_capacity(n);
-    let mut debug = BooleanBuilder::with_capacity(n);
-    let mut status_code = UInt8Builder::with_capacity(n);
-    let mut status_message = StringBuilder::with_capacity(n, 0);
-    let mut tags: Vec<TagBuilder> = PROMOTED_TAGS
-        .iter()
-        .map(|(_, col)| {
-            if UNIQUE_TAGS.contains(col) {
-                TagBuilder::Plain(StringBuilder::with_capacity(n, n * 36))
-            } else {
-                TagBuilder::Dict(Dict::with_capacity(n, 64, 1024))
-            }
-        })
-        .collect();
-    // Exact sizes: the buffer's memory is counted against its budget, so
-    // spare capacity would also mean smaller files.
-    let (attr_size, attr_typed_size) =
-        MapSize::of(spans.iter().map(|s| &s.attributes), PROMOTED_TAGS);
-    let (res_size, res_typed_size) = MapSize::of(spans.iter().map(|s| &s.resource), &[]);
-    let mut attrs = new_map_builder(&attr_size);
-    let mut attrs_typed = new_map_builder(&attr_typed_size);
-    let mut res = new_map_builder(&res_size);
-    let mut res_typed = new_map_builder(&res_typed_size);
-    let mut events = ListBuilder::new(StructBuilder::from_fields(event_fields(), 0));
-    let mut links = ListBuilder::new(StructBuilder::from_fields(link_fields(), 0));
-    let mut trace_state = StringBuilder::new();
-    let mut flags = UInt32Builder::with_capacity(n);
-    let mut scope_name = Dict::with_capacity(n, 64, 1024);
-    let mut scope_version = Dict::with_capacity(n, 64, 1024);
-    let mut extra = StringBuilder::new();
-
+    let mut b = SpanBatchBuilder::new(BatchSizeHint {
+        rows: spans.len(),
+        ..Default::default()
+    });
+    let mut parts = SpanParts::default();
     for s in spans {
-        trace_id.append_value(s.trace_id.0)?;
-        trace_id_64.append_value(s.trace_id_64);
-        span_id.append_value(s.span_id.0)?;
-        match s.parent_span_id {
-            Some(p) => parent.append_value(p.0)?,
-            None => parent.append_null(),
-        }
-        name.append_value(&s.name);
-        kind.append_value(s.kind as u8);
-        start.append_option(s.start.map(|t| t.0));
-        duration.append_option(s.duration_nanos);
-        service.append_option(s.local.service_name.as_deref());
-        local_ipv4.append_option(s.local.ipv4.as_deref());
-        local_ipv6.append_option(s.local.ipv6.as_deref());
-        local_port.append_option(s.local.port);
-        remote_service.append_option(s.remote.service_name.as_deref());
-        remote_ipv4.append_option(s.remote.ipv4.as_deref());
-        remote_ipv6.append_option(s.remote.ipv6.as_deref());
-        remote_port.append_option(s.remote.port);
-        shared.append_value(s.shared);
-        debug.append_value(s.debug);
-        status_code.append_value(s.status_code as u8);
-        status_message.append_option(s.status_message.as_deref());
-        for ((key, _), b) in PROMOTED_TAGS.iter().zip(tags.iter_mut()) {
-            b.append(s.attributes.get(*key).and_then(|v| v.as_str()));
-        }
-        append_attrs(&s.attributes, PROMOTED_TAGS, &mut attrs, &mut attrs_typed)?;
-        append_attrs(&s.resource, &[], &mut res, &mut res_typed)?;
-
-        for e in &s.events {
-            let sb = events.values();
-            sb.field_builder::<Int64Builder>(0)
-                .ok_or_else(|| ArrowError::SchemaError("events.time".into()))?
-                .append_value(e.time.0);
-            sb.field_builder::<StringBuilder>(1)
-                .ok_or_else(|| ArrowError::SchemaError("events.name".into()))?
-                .append_value(&e.name);
-            sb.field_builder::<StringBuilder>(2)
-                .ok_or_else(|| ArrowError::SchemaError("events.attributes".into()))?
-                .append_option(e.attributes_json.as_deref());
-            sb.append(true);
-        }
-        events.append(true);
-        for l in &s.links {
-            let sb = links.values();
-            sb.field_builder::<FixedSizeBinaryBuilder>(0)
-                .ok_or_else(|| ArrowError::SchemaError("links.trace_id".into()))?
-                .append_value(l.trace_id.0)?;
-            sb.field_builder::<FixedSizeBinaryBuilder>(1)
-                .ok_or_else(|| ArrowError::SchemaError("links.span_id".into()))?
-                .append_value(l.span_id.0)?;
-            sb.field_builder::<StringBuilder>(2)
-                .ok_or_else(|| ArrowError::SchemaError("links.trace_state".into()))?
-                .append_option(l.trace_state.as_deref());
-            sb.field_builder::<StringBuilder>(3)
-                .ok_or_else(|| ArrowError::SchemaError("links.attributes".into()))?
-                .append_option(l.attributes_json.as_deref());
-            sb.append(true);
-        }
-        links.append(true);
-        trace_state.append_option(s.trace_state.as_deref());
-        flags.append_option(s.flags);
-        scope_name.append_option(s.scope_name.as_deref());
-        scope_version.append_option(s.scope_version.as_deref());
-        extra.append_option(s.extra_json.as_deref());
+        b.append(&parts.of(s))?;
     }
-
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(trace_id.finish()),
-        Arc::new(trace_id_64.finish()),
-        Arc::new(span_id.finish()),
-        Arc::new(parent.finish()),
-        Arc::new(name.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(start.finish()),
-        Arc::new(duration.finish()),
-        Arc::new(service.finish()),
-        Arc::new(local_ipv4.finish()),
-        Arc::new(local_ipv6.finish()),
-        Arc::new(local_port.finish()),
-        Arc::new(remote_service.finish()),
-        Arc::new(remote_ipv4.finish()),
-        Arc::new(remote_ipv6.finish()),
-        Arc::new(remote_port.finish()),
-        Arc::new(shared.finish()),
-        Arc::new(debug.finish()),
-        Arc::new(status_code.finish()),
-        Arc::new(status_message.finish()),
-    ];
-    for b in tags.iter_mut() {
-        columns.push(b.finish());
-    }
-    columns.extend([
-        Arc::new(attrs.finish()) as ArrayRef,
-        Arc::new(attrs_typed.finish()),
-        Arc::new(res.finish()),
-        Arc::new(res_typed.finish()),
-        Arc::new(events.finish()),
-        Arc::new(links.finish()),
-        Arc::new(trace_state.finish()),
-        Arc::new(flags.finish()),
-        Arc::new(scope_name.finish()),
-        Arc::new(scope_version.finish()),
-        Arc::new(extra.finish()),
-    ]);
-    // The builders above produce non-nullable children for the list/map
-    // fields; cast to the declared schema where the field metadata differs.
-    let schema = spans_schema();
-    let columns = columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c)
-            } else {
-                arrow::compute::cast(&c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema, columns)
+    b.finish()
 }
 
 /// Reads a batch column by name as strings, whatever its string encoding.
@@ -633,7 +367,7 @@ pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ArrowError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample_span(i: u64) -> Span {
@@ -684,6 +418,15 @@ mod tests {
             scope_version: None,
             extra_json: None,
         }
+    }
+
+    #[test]
+    fn promoted_index_is_the_column() {
+        for (i, (k, _)) in PROMOTED_TAGS.iter().enumerate() {
+            assert_eq!(promoted_index(k), Some(i));
+        }
+        assert_eq!(promoted_index("http.methods"), None);
+        assert_eq!(promoted_index(""), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use meshlens_storage::model::{Span, SpanId, SpanKind, StatusCode, TraceId};
 use meshlens_storage::samples::{
     Exemplar, Labels, MetricMetadata, MetricType, SampleBatch, SampleStore,
 };
+use meshlens_storage::span_view::{SpanColumns, SpanView};
 use parking_lot::Mutex;
 use series::{Counter, Emitted, Histogram, RawExemplar, Table};
 use std::collections::{HashMap, VecDeque};
@@ -201,11 +202,11 @@ struct SpanIds {
 }
 
 impl SpanIds {
-    fn of(s: &Span) -> SpanIds {
+    fn of(s: &impl SpanView) -> SpanIds {
         SpanIds {
-            trace_id: s.trace_id,
-            trace_64: s.trace_id_64,
-            span_id: s.span_id,
+            trace_id: s.trace_id(),
+            trace_64: s.trace_id_64(),
+            span_id: s.span_id(),
         }
     }
 }
@@ -294,10 +295,10 @@ fn kind_label(k: SpanKind) -> &'static str {
     k.otel_name()
 }
 
-fn status_label(s: &Span, failed: bool) -> &'static str {
+fn status_label(s: &impl SpanView, failed: bool) -> &'static str {
     if failed {
         "STATUS_CODE_ERROR"
-    } else if s.status_code == StatusCode::Ok {
+    } else if s.status_code() == StatusCode::Ok {
         "STATUS_CODE_OK"
     } else {
         "STATUS_CODE_UNSET"
@@ -334,15 +335,34 @@ impl Deriver {
         self.observe_at(spans, now_ms());
     }
 
+    /// [`Deriver::observe`] for spans appended as a batch of the `spans`
+    /// table, read in place ([`SpanColumns`]).
+    pub fn observe_batch(&self, batch: &arrow::record_batch::RecordBatch) {
+        self.observe_batch_at(batch, now_ms());
+    }
+
+    /// [`Deriver::observe_batch`] at a given wall-clock time (tests).
+    pub fn observe_batch_at(&self, batch: &arrow::record_batch::RecordBatch, now: i64) {
+        match SpanColumns::new(batch) {
+            Ok(cols) => self.observe_views(cols.rows(), now),
+            Err(e) => tracing::error!(error = %e, "derivation could not read a span batch"),
+        }
+    }
+
     /// [`Deriver::observe`] at a given wall-clock time (tests).
     pub fn observe_at(&self, spans: &[Span], now: i64) {
+        self.observe_views(spans.iter(), now)
+    }
+
+    fn observe_views<S: SpanView>(&self, spans: impl Iterator<Item = S>, now: i64) {
         let max_age_ns = self.cfg.max_span_age.as_nanos() as i64;
         let now_ns = now.saturating_mul(1_000_000);
-        let mut too_old = 0usize;
+        let (mut seen, mut too_old) = (0usize, 0usize);
         let mut st = self.state.lock();
         let st = &mut *st;
         self.expire(st, now);
         for s in spans {
+            seen += 1;
             if let Some(end) = s.end()
                 && now_ns.saturating_sub(end.0) > max_age_ns
             {
@@ -350,18 +370,18 @@ impl Deriver {
                 continue;
             }
             let facts = Facts {
-                failed: span_info::failed(s),
-                mult: span_info::multiplier(s, &self.cfg),
-                dims: self.dims(s),
+                failed: span_info::failed(&s),
+                mult: span_info::multiplier(&s, &self.cfg),
+                dims: self.dims(&s),
             };
-            self.span_metrics(st, s, &facts, now);
-            self.service_graph(st, s, facts, now);
+            self.span_metrics(st, &s, &facts, now);
+            self.service_graph(st, &s, facts, now);
         }
         if let Some(t) = &self.telemetry {
             t.inc(
                 "meshlens_derive_spans_total",
                 &[("outcome", "derived")],
-                (spans.len() - too_old) as f64,
+                (seen - too_old) as f64,
             );
             if too_old > 0 {
                 t.inc(
@@ -373,7 +393,7 @@ impl Deriver {
         }
     }
 
-    fn dims(&self, s: &Span) -> Vec<String> {
+    fn dims(&self, s: &impl SpanView) -> Vec<String> {
         self.cfg
             .dimensions
             .iter()
@@ -386,13 +406,13 @@ impl Deriver {
             .collect()
     }
 
-    fn span_metrics(&self, st: &mut State, s: &Span, facts: &Facts, now: i64) {
+    fn span_metrics(&self, st: &mut State, s: &impl SpanView, facts: &Facts, now: i64) {
         let (failed, mult, dims) = (facts.failed, facts.mult, facts.dims.as_slice());
         let service = s.service_name();
-        let kind = kind_label(s.kind);
+        let kind = kind_label(s.kind());
         let status = status_label(s, failed);
         st.key.clear();
-        let _ = write!(st.key, "{service}\0{}\0{kind}\0{status}", s.name);
+        let _ = write!(st.key, "{service}\0{}\0{kind}\0{status}", s.name());
         for d in dims {
             st.key.push('\0');
             st.key.push_str(d);
@@ -401,7 +421,7 @@ impl Deriver {
         let entry = st.spans.get_or_insert(&st.key, now, || {
             let mut base: Vec<(String, String)> = vec![
                 ("service".into(), service.to_string()),
-                ("span_name".into(), s.name.clone()),
+                ("span_name".into(), s.name().to_string()),
                 ("span_kind".into(), kind.into()),
                 ("status_code".into(), status.into()),
             ];
@@ -417,7 +437,7 @@ impl Deriver {
         });
         let ids = SpanIds::of(s);
         entry.calls.add(mult, Some(exemplar(&ids, mult, now)));
-        if let Some(d) = s.duration_nanos {
+        if let Some(d) = s.duration_nanos() {
             let secs = d as f64 / 1e9;
             entry
                 .latency
@@ -426,36 +446,36 @@ impl Deriver {
     }
 
     /// `with_peer`: also find the peer an unpaired half would be an edge to.
-    fn half(&self, s: &Span, facts: Facts, with_peer: bool) -> Half {
+    fn half(&self, s: &impl SpanView, facts: Facts, with_peer: bool) -> Half {
         Half {
             service: s.service_name().to_string(),
             dims: facts.dims,
-            seconds: s.duration_nanos.map(|d| d as f64 / 1e9),
+            seconds: s.duration_nanos().map(|d| d as f64 / 1e9),
             failed: facts.failed,
             code: span_info::http_status(s),
             flags: span_info::response_flags(s).map(str::to_string),
-            peer: match s.kind {
+            peer: match s.kind() {
                 _ if !with_peer => None,
                 SpanKind::Client | SpanKind::Producer => span_info::client_peer(s),
                 _ => span_info::server_peer(s),
             },
-            messaging: matches!(s.kind, SpanKind::Producer | SpanKind::Consumer),
+            messaging: matches!(s.kind(), SpanKind::Producer | SpanKind::Consumer),
             ids: SpanIds::of(s),
             mult: facts.mult,
         }
     }
 
-    fn service_graph(&self, st: &mut State, s: &Span, facts: Facts, now: i64) {
+    fn service_graph(&self, st: &mut State, s: &impl SpanView, facts: Facts, now: i64) {
         if s.service_name().is_empty() {
             return;
         }
-        let (is_client, key) = match s.kind {
-            SpanKind::Client | SpanKind::Producer => (true, (s.trace_id, s.span_id)),
+        let (is_client, key) = match s.kind() {
+            SpanKind::Client | SpanKind::Producer => (true, (s.trace_id(), s.span_id())),
             SpanKind::Server | SpanKind::Consumer => {
-                if s.shared {
-                    (false, (s.trace_id, s.span_id))
-                } else if let Some(p) = s.parent_span_id {
-                    (false, (s.trace_id, p))
+                if s.shared() {
+                    (false, (s.trace_id(), s.span_id()))
+                } else if let Some(p) = s.parent_span_id() {
+                    (false, (s.trace_id(), p))
                 } else {
                     // A root server span: nobody instrumented called it.
                     let h = self.half(s, facts, true);

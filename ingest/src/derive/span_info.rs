@@ -3,47 +3,46 @@
 
 use super::DeriveConfig;
 pub use meshlens_storage::model::istio_cluster_host;
-use meshlens_storage::model::{AttrValue, Span, SpanKind, StatusCode};
+use meshlens_storage::model::{SpanKind, StatusCode};
+use meshlens_storage::span_builder::AttrRef;
+use meshlens_storage::span_view::SpanView;
 
 /// A span attribute as a string, falling back to the resource.
-pub fn attr(span: &Span, key: &str) -> Option<String> {
-    let v = span
-        .attributes
-        .get(key)
-        .or_else(|| span.resource.get(key))?;
+pub fn attr(span: &impl SpanView, key: &str) -> Option<String> {
+    let v = attr_ref(span, key)?;
     let s = v.to_tag_string();
     (!s.is_empty()).then_some(s)
 }
 
-fn attr_ref<'a>(span: &'a Span, key: &str) -> Option<&'a AttrValue> {
-    span.attributes.get(key).or_else(|| span.resource.get(key))
+fn attr_ref<'a>(span: &'a impl SpanView, key: &str) -> Option<AttrRef<'a>> {
+    span.attr(key).or_else(|| span.resource_attr(key))
 }
 
 /// The HTTP status code the span reports (`http.status_code` as Zipkin
 /// and Envoy send it, or `http.response.status_code` of current OTel).
-pub fn http_status(span: &Span) -> Option<u16> {
+pub fn http_status(span: &impl SpanView) -> Option<u16> {
     let v = span
-        .attributes
-        .get("http.status_code")
-        .or_else(|| span.attributes.get("http.response.status_code"))?;
+        .attr("http.status_code")
+        .or_else(|| span.attr("http.response.status_code"))?;
     match v {
-        AttrValue::Int(i) => u16::try_from(*i).ok(),
-        AttrValue::Str(s) => s.trim().parse().ok(),
-        AttrValue::Double(d) => Some(*d as u16),
+        AttrRef::Int(i) => u16::try_from(i).ok(),
+        AttrRef::Str(s) => s.trim().parse().ok(),
+        AttrRef::Double(d) => Some(d as u16),
         _ => None,
     }
 }
 
 /// Failed: OTLP status ERROR, a Zipkin `error` tag, or an HTTP 5xx.
-pub fn failed(span: &Span) -> bool {
-    span.status_code == StatusCode::Error
-        || span.attributes.contains_key("error")
+pub fn failed(span: &impl SpanView) -> bool {
+    span.status_code() == StatusCode::Error
+        || span.attr("error").is_some()
         || http_status(span).is_some_and(|c| c >= 500)
 }
 
 /// Envoy's `response_flags` tag, without the "no flags" dash.
-pub fn response_flags(span: &Span) -> Option<&str> {
-    span.attr_str("response_flags")
+pub fn response_flags(span: &impl SpanView) -> Option<&str> {
+    span.attr("response_flags")
+        .and_then(|v| v.as_str())
         .map(str::trim)
         .filter(|f| !f.is_empty() && *f != "-")
 }
@@ -53,8 +52,8 @@ pub fn response_flags(span: &Span) -> Option<&str> {
 /// `db.system` (database), `messaging.destination(.name)`/`messaging.system`
 /// (messaging), `server.address` / `net.peer.name`, then Envoy's
 /// `upstream_cluster` host.
-pub fn client_peer(span: &Span) -> Option<(String, &'static str)> {
-    let messaging = matches!(span.kind, SpanKind::Producer);
+pub fn client_peer(span: &impl SpanView) -> Option<(String, &'static str)> {
+    let messaging = matches!(span.kind(), SpanKind::Producer);
     let other = if messaging {
         "messaging_system"
     } else {
@@ -63,12 +62,7 @@ pub fn client_peer(span: &Span) -> Option<(String, &'static str)> {
     if let Some(p) = attr(span, "peer.service") {
         return Some((p, other));
     }
-    if let Some(p) = span
-        .remote
-        .service_name
-        .as_deref()
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(p) = span.remote_service_name().filter(|s| !s.is_empty()) {
         return Some((p.to_string(), other));
     }
     if let Some(db) = attr(span, "db.name").or_else(|| attr(span, "db.system")) {
@@ -86,28 +80,24 @@ pub fn client_peer(span: &Span) -> Option<(String, &'static str)> {
             return Some((p, other));
         }
     }
-    span.attr_str("upstream_cluster")
+    span.attr("upstream_cluster")
+        .and_then(|v| v.as_str())
         .and_then(istio_cluster_host)
         .map(|h| (h.to_string(), other))
 }
 
 /// The caller of an unpaired server (or consumer) half, when the span
 /// names it (a Zipkin remote endpoint; for a consumer, the broker).
-pub fn server_peer(span: &Span) -> Option<(String, &'static str)> {
-    let conn = if span.kind == SpanKind::Consumer {
+pub fn server_peer(span: &impl SpanView) -> Option<(String, &'static str)> {
+    let conn = if span.kind() == SpanKind::Consumer {
         "messaging_system"
     } else {
         "virtual_node"
     };
-    if let Some(p) = span
-        .remote
-        .service_name
-        .as_deref()
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(p) = span.remote_service_name().filter(|s| !s.is_empty()) {
         return Some((p.to_string(), conn));
     }
-    if span.kind == SpanKind::Consumer
+    if span.kind() == SpanKind::Consumer
         && let Some(m) = attr(span, "messaging.system")
     {
         return Some((m, conn));
@@ -120,7 +110,7 @@ pub fn server_peer(span: &Span) -> Option<(String, &'static str)> {
 /// `X-SampleRatio` multiplier attribute as Tempo reads it, a
 /// `sampling.probability` attribute, or the per-service rate configured),
 /// else 1.
-pub fn multiplier(span: &Span, cfg: &DeriveConfig) -> f64 {
+pub fn multiplier(span: &impl SpanView, cfg: &DeriveConfig) -> f64 {
     let clamp = |m: f64| {
         if m.is_finite() && m >= 1.0 {
             m.min(1e9)
@@ -128,15 +118,15 @@ pub fn multiplier(span: &Span, cfg: &DeriveConfig) -> f64 {
             1.0
         }
     };
-    if let Some(ts) = &span.trace_state
+    if let Some(ts) = span.trace_state()
         && let Some(p) = tracestate_probability(ts)
     {
         return clamp(1.0 / p);
     }
-    if let Some(v) = attr_ref(span, "X-SampleRatio").and_then(as_f64) {
+    if let Some(v) = attr_ref(span, "X-SampleRatio").and_then(|v| as_f64(&v)) {
         return clamp(v);
     }
-    if let Some(p) = attr_ref(span, "sampling.probability").and_then(as_f64)
+    if let Some(p) = attr_ref(span, "sampling.probability").and_then(|v| as_f64(&v))
         && p > 0.0
     {
         return clamp(1.0 / p);
@@ -149,11 +139,11 @@ pub fn multiplier(span: &Span, cfg: &DeriveConfig) -> f64 {
     1.0
 }
 
-fn as_f64(v: &AttrValue) -> Option<f64> {
+fn as_f64(v: &AttrRef<'_>) -> Option<f64> {
     match v {
-        AttrValue::Double(d) => Some(*d),
-        AttrValue::Int(i) => Some(*i as f64),
-        AttrValue::Str(s) => s.trim().parse().ok(),
+        AttrRef::Double(d) => Some(*d),
+        AttrRef::Int(i) => Some(*i as f64),
+        AttrRef::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }

@@ -7,6 +7,44 @@ use meshlens_storage::model::{AttrValue, Endpoint, UnixNanos};
 
 const T0: i64 = 1_700_000_000_000; // ms
 
+thread_local! {
+    /// Feed spans as record batches (`observe_batch_at`) instead of `Span`s.
+    static VIA_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn observe(d: &Deriver, spans: &[Span], now: i64) {
+    if VIA_BATCH.with(|v| v.get()) {
+        let batch = meshlens_storage::schema::spans_to_batch(spans).expect("batch");
+        d.observe_batch_at(&batch, now);
+    } else {
+        d.observe_at(spans, now);
+    }
+}
+
+/// Derivation reads a batch's rows in place ([`SpanColumns`]) as the
+/// receivers append them: every scenario below, fed that way, must give
+/// the same series.
+#[test]
+fn every_scenario_gives_the_same_series_from_record_batches() {
+    VIA_BATCH.with(|v| v.set(true));
+    envoy_shared_spans_pair_by_span_id();
+    otel_client_pairs_with_server_whose_parent_it_is();
+    uninstrumented_leaf_clients_become_virtual_nodes_after_the_wait();
+    missing_root_span_leaves_an_unpaired_server();
+    messaging_with_and_without_broker();
+    errors_on_either_half_fail_the_call();
+    loopback_calls_are_edges_to_self();
+    halves_pair_across_batches_in_any_order_within_the_wait();
+    late_halves_are_counted_unpaired_not_paired();
+    duplicate_reports_count_once();
+    sampling_multiplier_scales_counts();
+    full_pending_store_drops_and_counts();
+    spans_that_ended_long_before_arrival_are_not_derived();
+    span_metrics_labels_dimensions_and_buckets();
+    responses_carry_code_and_both_halves_flags();
+    VIA_BATCH.with(|v| v.set(false));
+}
+
 fn tid(n: u64) -> TraceId {
     TraceId::from_u64s(0, n)
 }
@@ -114,7 +152,8 @@ fn e(c: &str, s: &str, conn: &str, n: f64, failed: f64) -> (String, String, Stri
 fn envoy_shared_spans_pair_by_span_id() {
     let d = deriver();
     // gateway client A -> productpage server (shared A) -> client B -> reviews server (shared B)
-    d.observe_at(
+    observe(
+        &d,
         &[
             span(1, 0xA, None, SpanKind::Client, "istio-ingressgateway"),
             shared(span(1, 0xA, None, SpanKind::Server, "productpage.default")),
@@ -137,7 +176,8 @@ fn envoy_shared_spans_pair_by_span_id() {
 #[test]
 fn otel_client_pairs_with_server_whose_parent_it_is() {
     let d = deriver();
-    d.observe_at(
+    observe(
+        &d,
         &[
             span(2, 1, None, SpanKind::Server, "frontend"),
             span(2, 2, Some(1), SpanKind::Client, "frontend"),
@@ -171,7 +211,8 @@ fn otel_client_pairs_with_server_whose_parent_it_is() {
 #[test]
 fn uninstrumented_leaf_clients_become_virtual_nodes_after_the_wait() {
     let d = deriver();
-    d.observe_at(
+    observe(
+        &d,
         &[
             tag(
                 span(3, 1, Some(9), SpanKind::Client, "cart"),
@@ -222,12 +263,13 @@ fn uninstrumented_leaf_clients_become_virtual_nodes_after_the_wait() {
 fn missing_root_span_leaves_an_unpaired_server() {
     let d = deriver();
     // The server's parent (a client span) never arrives.
-    d.observe_at(&[span(4, 2, Some(1), SpanKind::Server, "api")], T0);
+    observe(&d, &[span(4, 2, Some(1), SpanKind::Server, "api")], T0);
     let s = tick(&d, T0 + 11_000);
     assert!(edges(&s).is_empty());
     assert_eq!(value(&s, EDGE_UNPAIRED, &[("server", "api")]), Some(1.0));
     // A Zipkin server span that names its caller becomes an edge from it.
-    d.observe_at(
+    observe(
+        &d,
         &[remote(
             span(5, 2, Some(1), SpanKind::Server, "api"),
             "batch-job",
@@ -244,7 +286,8 @@ fn missing_root_span_leaves_an_unpaired_server() {
 #[test]
 fn messaging_with_and_without_broker() {
     let d = deriver();
-    d.observe_at(
+    observe(
+        &d,
         &[
             // producer -> consumer (consumer's parent is the producer span)
             remote(span(6, 1, None, SpanKind::Producer, "orders"), "kafka"),
@@ -284,7 +327,8 @@ fn errors_on_either_half_fail_the_call() {
         "http.status_code",
         "503",
     );
-    d.observe_at(
+    observe(
+        &d,
         &[
             client_err,
             span(10, 2, Some(1), SpanKind::Server, "api"),
@@ -313,7 +357,8 @@ fn errors_on_either_half_fail_the_call() {
 #[test]
 fn loopback_calls_are_edges_to_self() {
     let d = deriver();
-    d.observe_at(
+    observe(
+        &d,
         &[
             span(14, 1, None, SpanKind::Client, "svc"),
             span(14, 2, Some(1), SpanKind::Server, "svc"),
@@ -329,9 +374,9 @@ fn loopback_calls_are_edges_to_self() {
 #[test]
 fn halves_pair_across_batches_in_any_order_within_the_wait() {
     let d = deriver();
-    d.observe_at(&[shared(span(15, 7, None, SpanKind::Server, "b"))], T0);
+    observe(&d, &[shared(span(15, 7, None, SpanKind::Server, "b"))], T0);
     assert!(edges(&tick(&d, T0 + 3000)).is_empty());
-    d.observe_at(&[span(15, 7, None, SpanKind::Client, "a")], T0 + 9_000);
+    observe(&d, &[span(15, 7, None, SpanKind::Client, "a")], T0 + 9_000);
     let s = tick(&d, T0 + 9_500);
     assert_eq!(edges(&s), vec![e("a", "b", "", 1.0, 0.0)]);
     assert_eq!(value(&s, EDGE_UNPAIRED, &[]), None);
@@ -340,10 +385,11 @@ fn halves_pair_across_batches_in_any_order_within_the_wait() {
 #[test]
 fn late_halves_are_counted_unpaired_not_paired() {
     let d = deriver();
-    d.observe_at(&[span(16, 7, None, SpanKind::Client, "a")], T0);
+    observe(&d, &[span(16, 7, None, SpanKind::Client, "a")], T0);
     let s = tick(&d, T0 + 10_000);
     assert_eq!(value(&s, EDGE_UNPAIRED, &[("client", "a")]), Some(1.0));
-    d.observe_at(
+    observe(
+        &d,
         &[shared(span(16, 7, None, SpanKind::Server, "b"))],
         T0 + 12_000,
     );
@@ -357,8 +403,8 @@ fn duplicate_reports_count_once() {
     let d = deriver();
     let c = span(17, 1, None, SpanKind::Client, "a");
     let sv = shared(span(17, 1, None, SpanKind::Server, "b"));
-    d.observe_at(&[c.clone(), c.clone()], T0);
-    d.observe_at(&[sv], T0 + 1);
+    observe(&d, &[c.clone(), c.clone()], T0);
+    observe(&d, &[sv], T0 + 1);
     assert_eq!(edges(&tick(&d, T0 + 2)), vec![e("a", "b", "", 1.0, 0.0)]);
 }
 
@@ -373,8 +419,16 @@ fn sampling_multiplier_scales_counts() {
     );
     let mut c = span(18, 1, None, SpanKind::Client, "a");
     c.trace_state = Some("ot=th:c".into()); // p = 0.25
-    d.observe_at(&[c, shared(span(18, 1, None, SpanKind::Server, "b"))], T0);
-    d.observe_at(&[span(19, 1, None, SpanKind::Server, "sampled-svc")], T0);
+    observe(
+        &d,
+        &[c, shared(span(18, 1, None, SpanKind::Server, "b"))],
+        T0,
+    );
+    observe(
+        &d,
+        &[span(19, 1, None, SpanKind::Server, "sampled-svc")],
+        T0,
+    );
     let s = tick(&d, T0 + 1);
     assert_eq!(
         value(&s, EDGE_TOTAL, &[("client", "a"), ("server", "b")]),
@@ -392,7 +446,8 @@ fn full_pending_store_drops_and_counts() {
         },
         None,
     );
-    d.observe_at(
+    observe(
+        &d,
         &[
             span(20, 1, None, SpanKind::Client, "a"),
             span(21, 1, None, SpanKind::Client, "a"),
@@ -409,7 +464,7 @@ fn spans_that_ended_long_before_arrival_are_not_derived() {
     let d = deriver();
     let mut old = span(23, 1, None, SpanKind::Server, "a");
     old.start = Some(UnixNanos::from_millis(T0 - 3_600_000));
-    d.observe_at(&[old], T0);
+    observe(&d, &[old], T0);
     assert!(tick(&d, T0 + 1).is_empty());
 }
 
@@ -428,7 +483,7 @@ fn span_metrics_labels_dimensions_and_buckets() {
     let mut s2 = s1.clone();
     s2.span_id = sid(2);
     s2.duration_nanos = Some(3_000_000_000);
-    d.observe_at(&[s1, s2], T0);
+    observe(&d, &[s1, s2], T0);
     let (batch, exemplars) = d.tick_at(T0 + 1);
     let s: Vec<(Labels, f64)> = batch
         .series
@@ -482,7 +537,8 @@ fn span_metrics_labels_dimensions_and_buckets() {
 #[test]
 fn responses_carry_code_and_both_halves_flags() {
     let d = deriver();
-    d.observe_at(
+    observe(
+        &d,
         &[
             tag(
                 tag(

@@ -21,10 +21,12 @@ use crate::validate::{
 use meshlens_storage::model::{
     AttrValue, Attributes, Endpoint, Event, Link, Span, SpanKind, StatusCode, UnixNanos,
 };
+use meshlens_storage::span_builder::{AttrList, AttrRef, EndpointRef};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use serde_json::{Map, Value as Json, json};
+use std::borrow::Cow;
 
 /// How many rejected spans are described in the error message.
 const MAX_REPORTED: usize = 5;
@@ -34,36 +36,43 @@ const MAX_REPORTED: usize = 5;
 #[derive(Debug, Default, PartialEq)]
 pub struct OtlpBatch {
     pub spans: Vec<Span>,
-    pub rejected_count: usize,
-    /// The first few problems (at most 5), for the `partial_success` message.
-    pub rejected: Vec<InvalidSpan>,
+    pub rejected: Rejections,
 }
 
-impl OtlpBatch {
+/// The spans of a request that were refused: how many, and the first few
+/// problems (at most 5) for the `partial_success` message.
+#[derive(Debug, Default, PartialEq)]
+pub struct Rejections {
+    pub count: usize,
+    pub first: Vec<InvalidSpan>,
+}
+
+impl Rejections {
     /// The `partial_success.error_message`, empty when nothing was rejected.
-    pub fn error_message(&self) -> String {
-        if self.rejected_count == 0 {
+    pub fn message(&self) -> String {
+        if self.count == 0 {
             return String::new();
         }
-        let listed: Vec<String> = self.rejected.iter().map(|r| r.to_string()).collect();
+        let listed: Vec<String> = self.first.iter().map(|r| r.to_string()).collect();
         let mut msg = format!(
             "{} invalid spans rejected: {}",
-            self.rejected_count,
+            self.count,
             listed.join("; ")
         );
-        if self.rejected_count > listed.len() {
-            msg.push_str(&format!(
-                " (and {} more)",
-                self.rejected_count - listed.len()
-            ));
+        if self.count > listed.len() {
+            msg.push_str(&format!(" (and {} more)", self.count - listed.len()));
         }
         msg
     }
 
-    fn reject(&mut self, location: impl FnOnce() -> String, (field, problem): FieldProblem) {
-        self.rejected_count += 1;
-        if self.rejected.len() < MAX_REPORTED {
-            self.rejected.push(InvalidSpan {
+    pub(crate) fn add(
+        &mut self,
+        location: impl FnOnce() -> String,
+        (field, problem): FieldProblem,
+    ) {
+        self.count += 1;
+        if self.first.len() < MAX_REPORTED {
+            self.first.push(InvalidSpan {
                 location: location(),
                 field,
                 problem,
@@ -74,7 +83,11 @@ impl OtlpBatch {
 
 /// Converts a request, validating every span against the current time.
 pub fn convert_request(req: ExportTraceServiceRequest) -> OtlpBatch {
-    let now = UnixNanos::now();
+    convert_request_at(req, UnixNanos::now())
+}
+
+/// [`convert_request`] against a given time (tests).
+pub fn convert_request_at(req: ExportTraceServiceRequest, now: UnixNanos) -> OtlpBatch {
     let mut out = OtlpBatch::default();
     for (ri, rs) in req.resource_spans.into_iter().enumerate() {
         let mut resource = Attributes::new();
@@ -114,8 +127,7 @@ pub fn convert_request(req: ExportTraceServiceRequest) -> OtlpBatch {
             if !ss.schema_url.is_empty() {
                 scope_extra.insert("schemaUrl".into(), ss.schema_url.into());
             }
-            let ctx = Context {
-                resource: &resource,
+            let ctx = SpanContext {
                 resource_extra: &resource_extra,
                 scope_extra: &scope_extra,
                 service: service.as_deref(),
@@ -125,11 +137,11 @@ pub fn convert_request(req: ExportTraceServiceRequest) -> OtlpBatch {
             for (i, span) in ss.spans.into_iter().enumerate() {
                 let attr_count = span.attributes.len();
                 let location = || format!("resourceSpans[{ri}].scopeSpans[{si}].spans[{i}]");
-                match convert_span(span, &ctx)
+                match convert_span(span, &resource, &ctx)
                     .and_then(|s| check_span(&s, attr_count, now, Format::Otlp).map(|()| s))
                 {
                     Ok(s) => out.spans.push(s),
-                    Err(fp) => out.reject(location, fp),
+                    Err(fp) => out.rejected.add(location, fp),
                 }
             }
         }
@@ -137,16 +149,20 @@ pub fn convert_request(req: ExportTraceServiceRequest) -> OtlpBatch {
     out
 }
 
-struct Context<'a> {
-    resource: &'a Attributes,
-    resource_extra: &'a Map<String, Json>,
-    scope_extra: &'a Map<String, Json>,
-    service: Option<&'a str>,
-    scope_name: Option<&'a str>,
-    scope_version: Option<&'a str>,
+/// What the spans of one scope share.
+pub(crate) struct SpanContext<'a> {
+    pub resource_extra: &'a Map<String, Json>,
+    pub scope_extra: &'a Map<String, Json>,
+    pub service: Option<&'a str>,
+    pub scope_name: Option<&'a str>,
+    pub scope_version: Option<&'a str>,
 }
 
 fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub(crate) fn non_empty_str(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
@@ -154,7 +170,8 @@ fn field(name: &str) -> impl FnOnce(Problem) -> FieldProblem + '_ {
     move |p| (Some(name.to_string()), p)
 }
 
-fn nanos(v: u64, name: &str) -> Result<i64, FieldProblem> {
+/// A required timestamp in ns: not 0, and within i64.
+pub(crate) fn nanos_field(v: u64, name: &str) -> Result<i64, FieldProblem> {
     if v == 0 {
         return Err((Some(name.to_string()), Problem::Missing));
     }
@@ -169,12 +186,16 @@ fn nanos(v: u64, name: &str) -> Result<i64, FieldProblem> {
     })
 }
 
-fn convert_span(s: OtlpSpan, ctx: &Context<'_>) -> Result<Span, FieldProblem> {
+fn convert_span(
+    s: OtlpSpan,
+    resource: &Attributes,
+    ctx: &SpanContext<'_>,
+) -> Result<Span, FieldProblem> {
     let (trace_id, _) = trace_id_bytes(&s.trace_id, false).map_err(field("traceId"))?;
     let span_id = span_id_bytes("span id", &s.span_id).map_err(field("spanId"))?;
     let parent_span_id = parent_id_bytes(&s.parent_span_id).map_err(field("parentSpanId"))?;
-    let start = nanos(s.start_time_unix_nano, "startTimeUnixNano")?;
-    let end = nanos(s.end_time_unix_nano, "endTimeUnixNano")?;
+    let start = nanos_field(s.start_time_unix_nano, "startTimeUnixNano")?;
+    let end = nanos_field(s.end_time_unix_nano, "endTimeUnixNano")?;
     let kind = u8::try_from(s.kind)
         .map(SpanKind::from_u8)
         .unwrap_or_default();
@@ -241,18 +262,7 @@ fn convert_span(s: OtlpSpan, ctx: &Context<'_>) -> Result<Span, FieldProblem> {
             attributes_json: kvs_json_opt(&l.attributes),
         });
     }
-    if !event_extra.is_empty() {
-        extra.insert("events".into(), event_extra.into());
-    }
-    if !link_extra.is_empty() {
-        extra.insert("links".into(), link_extra.into());
-    }
-    if !ctx.resource_extra.is_empty() {
-        extra.insert("resource".into(), Json::Object(ctx.resource_extra.clone()));
-    }
-    if !ctx.scope_extra.is_empty() {
-        extra.insert("scope".into(), Json::Object(ctx.scope_extra.clone()));
-    }
+    let extra_json = span_extra(extra, event_extra, link_extra, ctx);
 
     let (status_code, status_message) = match s.status {
         Some(st) => (
@@ -265,7 +275,13 @@ fn convert_span(s: OtlpSpan, ctx: &Context<'_>) -> Result<Span, FieldProblem> {
     };
     let attributes = attributes(s.attributes);
     let remote = if matches!(kind, SpanKind::Client | SpanKind::Producer) {
-        remote_endpoint(&attributes)
+        let r = remote_endpoint(&AttrList::from_attributes(&attributes));
+        Endpoint {
+            service_name: r.service_name.map(str::to_owned),
+            ipv4: r.ipv4.map(Cow::into_owned),
+            ipv6: r.ipv6.map(Cow::into_owned),
+            port: r.port,
+        }
     } else {
         Endpoint::default()
     };
@@ -288,26 +304,44 @@ fn convert_span(s: OtlpSpan, ctx: &Context<'_>) -> Result<Span, FieldProblem> {
         status_code,
         status_message,
         attributes,
-        resource: ctx.resource.clone(),
+        resource: resource.clone(),
         events,
         links,
         trace_state: non_empty(s.trace_state),
         flags: (s.flags != 0).then_some(s.flags),
         scope_name: ctx.scope_name.map(str::to_owned),
         scope_version: ctx.scope_version.map(str::to_owned),
-        extra_json: (!extra.is_empty()).then(|| Json::Object(extra).to_string()),
+        extra_json,
     })
+}
+
+/// The rare fields of a span (`extra_json`): its own, then its events',
+/// links', resource's and scope's.
+pub(crate) fn span_extra(
+    mut extra: Map<String, Json>,
+    event_extra: Vec<Json>,
+    link_extra: Vec<Json>,
+    ctx: &SpanContext<'_>,
+) -> Option<String> {
+    if !event_extra.is_empty() {
+        extra.insert("events".into(), event_extra.into());
+    }
+    if !link_extra.is_empty() {
+        extra.insert("links".into(), link_extra.into());
+    }
+    if !ctx.resource_extra.is_empty() {
+        extra.insert("resource".into(), Json::Object(ctx.resource_extra.clone()));
+    }
+    if !ctx.scope_extra.is_empty() {
+        extra.insert("scope".into(), Json::Object(ctx.scope_extra.clone()));
+    }
+    (!extra.is_empty()).then(|| Json::Object(extra).to_string())
 }
 
 /// The peer of a CLIENT/PRODUCER span, in the OpenTelemetry Zipkin
 /// exporter's order of preference (new semantic conventions first).
-fn remote_endpoint(attrs: &Attributes) -> Endpoint {
-    let string = |k: &str| {
-        attrs
-            .get(k)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-    };
+pub(crate) fn remote_endpoint<'a>(attrs: &AttrList<'a>) -> EndpointRef<'a> {
+    let string = |k: &str| attrs.get_str(k).filter(|s| !s.is_empty());
     let service_name = [
         "peer.service",
         "server.address",
@@ -319,8 +353,7 @@ fn remote_endpoint(attrs: &Attributes) -> Endpoint {
         "db.name",
     ]
     .iter()
-    .find_map(|k| string(k))
-    .map(str::to_owned);
+    .find_map(|k| string(k));
     let ip = [
         "network.peer.address",
         "net.sock.peer.addr",
@@ -336,17 +369,21 @@ fn remote_endpoint(attrs: &Attributes) -> Endpoint {
         "server.port",
     ]
     .iter()
-    .find_map(|k| match attrs.get(*k) {
-        Some(AttrValue::Int(p)) => Some(*p),
-        Some(AttrValue::Str(s)) => s.parse().ok(),
+    .find_map(|k| match attrs.get(k) {
+        Some(AttrRef::Int(p)) => Some(*p),
+        Some(AttrRef::Str(s)) => s.parse().ok(),
         _ => None,
     })
     .filter(|p| (1..=65535).contains(p))
     .map(|p| p as i32);
-    Endpoint {
+    EndpointRef {
         service_name,
-        ipv4: ip.filter(|i| i.is_ipv4()).map(|i| i.to_string()),
-        ipv6: ip.filter(|i| i.is_ipv6()).map(|i| i.to_string()),
+        ipv4: ip
+            .filter(|i| i.is_ipv4())
+            .map(|i| Cow::Owned(i.to_string())),
+        ipv6: ip
+            .filter(|i| i.is_ipv6())
+            .map(|i| Cow::Owned(i.to_string())),
         port,
     }
 }

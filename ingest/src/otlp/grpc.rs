@@ -1,7 +1,7 @@
 //! The OTLP gRPC trace service (`opentelemetry.proto.collector.trace.v1.TraceService`).
 
 use super::RpcStatus;
-use super::convert::{OtlpBatch, convert_request};
+use super::convert::{Rejections, convert_request};
 use crate::error::IngestError;
 use crate::metrics::{self, receiver::OTLP_GRPC};
 use crate::{IngestState, pipeline};
@@ -64,31 +64,24 @@ impl OtlpTraceService {
         OtlpTraceService { state }
     }
 
-    async fn handle(&self, req: ExportTraceServiceRequest) -> Result<OtlpBatch, IngestError> {
-        let batch = if span_count(&req) > INLINE_CONVERT_SPANS {
-            tokio::task::spawn_blocking(move || convert_request(req))
+    async fn handle(&self, req: ExportTraceServiceRequest) -> Result<Rejections, IngestError> {
+        let big = span_count(&req) > INLINE_CONVERT_SPANS;
+        let convert = move || convert_request(req).into_span_batch();
+        let batch = if big {
+            tokio::task::spawn_blocking(convert)
                 .await
-                .map_err(|e| IngestError::Internal(format!("converter task failed: {e}")))?
+                .map_err(|e| IngestError::Internal(format!("converter task failed: {e}")))??
         } else {
-            convert_request(req)
+            convert()?
         };
         metrics::spans_rejected(
             self.state.storage.telemetry(),
             OTLP_GRPC,
             "invalid_span",
-            batch.rejected_count,
+            batch.rejected.count,
         );
-        let OtlpBatch {
-            spans,
-            rejected_count,
-            rejected,
-        } = batch;
-        pipeline::store(&self.state, OTLP_GRPC, spans).await?;
-        Ok(OtlpBatch {
-            spans: Vec::new(),
-            rejected_count,
-            rejected,
-        })
+        pipeline::store_batch(&self.state, OTLP_GRPC, batch.batch).await?;
+        Ok(batch.rejected)
     }
 }
 
@@ -109,11 +102,11 @@ impl TraceService for OtlpTraceService {
 }
 
 /// The response: `partial_success` only when spans were rejected.
-pub(crate) fn response(batch: &OtlpBatch) -> ExportTraceServiceResponse {
+pub(crate) fn response(rejected: &Rejections) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: (batch.rejected_count > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: batch.rejected_count as i64,
-            error_message: batch.error_message(),
+        partial_success: (rejected.count > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected.count as i64,
+            error_message: rejected.message(),
         }),
     }
 }

@@ -3,7 +3,7 @@
 //! encoding; errors are a `google.rpc.Status` in that encoding.
 
 use super::RpcStatus;
-use super::convert::OtlpBatch;
+use super::convert::Rejections;
 use super::grpc::response;
 use super::{decode_otlp_json, decode_otlp_proto};
 use crate::error::IngestError;
@@ -86,24 +86,24 @@ async fn receive(
     enc: Enc,
     headers: &HeaderMap,
     body: Body,
-) -> Result<OtlpBatch, IngestError> {
+) -> Result<Rejections, IngestError> {
     let bytes = body::read_body(headers, body, state.config.max_body_bytes).await?;
-    let mut batch = match enc {
+    let batch = match enc {
         Enc::Proto => pipeline::decode(bytes, decode_otlp_proto).await?,
-        Enc::Json => pipeline::decode(bytes, decode_otlp_json).await?,
+        Enc::Json => pipeline::decode(bytes, |b| decode_otlp_json(b)?.into_span_batch()).await?,
     };
     metrics::spans_rejected(
         state.storage.telemetry(),
         enc.receiver(),
         "invalid_span",
-        batch.rejected_count,
+        batch.rejected.count,
     );
-    pipeline::store(state, enc.receiver(), std::mem::take(&mut batch.spans)).await?;
-    Ok(batch)
+    pipeline::store_batch(state, enc.receiver(), batch.batch).await?;
+    Ok(batch.rejected)
 }
 
-fn ok_response(enc: Enc, batch: &OtlpBatch) -> Response {
-    encode_ok(enc, &response(batch))
+fn ok_response(enc: Enc, rejected: &Rejections) -> Response {
+    encode_ok(enc, &response(rejected))
 }
 
 /// A 200 answer carrying `resp` in the request's encoding.

@@ -11,21 +11,55 @@ pub mod http;
 pub mod metrics_convert;
 pub mod metrics_grpc;
 pub mod metrics_http;
+pub mod wire;
 
 #[cfg(test)]
 mod metrics_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
 
-pub use convert::{OtlpBatch, convert_request};
+pub use convert::{OtlpBatch, Rejections, convert_request};
 pub use metrics_convert::{MetricsBatch, convert_metrics_request};
 
 use crate::error::DecodeError;
+use arrow::record_batch::RecordBatch;
+use meshlens_storage::schema::spans_to_batch;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-/// Decodes an OTLP protobuf `ExportTraceServiceRequest` and converts it.
-pub fn decode_otlp_proto(bytes: &[u8]) -> Result<OtlpBatch, DecodeError> {
+/// A request's valid spans as one batch of the `spans` table, and what
+/// was wrong with the others.
+#[derive(Debug)]
+pub struct OtlpSpanBatch {
+    pub batch: RecordBatch,
+    pub rejected: Rejections,
+}
+
+impl OtlpBatch {
+    /// The spans as a batch of the `spans` table.
+    pub fn into_span_batch(self) -> Result<OtlpSpanBatch, DecodeError> {
+        let batch = spans_to_batch(&self.spans).map_err(|e| DecodeError::Protobuf {
+            message_name: "ExportTraceServiceRequest",
+            detail: format!("building the batch failed: {e}"),
+        })?;
+        Ok(OtlpSpanBatch {
+            batch,
+            rejected: self.rejected,
+        })
+    }
+}
+
+/// Decodes an OTLP protobuf `ExportTraceServiceRequest` in place
+/// ([`wire::decode_traces`]).
+pub fn decode_otlp_proto(bytes: &[u8]) -> Result<OtlpSpanBatch, DecodeError> {
+    wire::decode_traces(bytes)
+}
+
+/// The same through prost's types and [`convert_request`]: the reference
+/// the in-place decoder is tested against.
+pub fn decode_otlp_proto_prost(bytes: &[u8]) -> Result<OtlpBatch, DecodeError> {
     let req = <ExportTraceServiceRequest as prost::Message>::decode(bytes).map_err(|e| {
         DecodeError::Protobuf {
             message_name: "ExportTraceServiceRequest",

@@ -77,7 +77,7 @@ const SPEC_EXAMPLE: &str = r#"{
 #[test]
 fn spec_example_json_decodes() {
     let b = decode_otlp_json(SPEC_EXAMPLE.as_bytes()).unwrap();
-    assert_eq!(b.rejected_count, 0, "{}", b.error_message());
+    assert_eq!(b.rejected.count, 0, "{}", b.rejected.message());
     let s = &b.spans[0];
     assert_eq!(s.trace_id.to_hex(false), "5b8efff798038103d269b633813fc60c");
     assert!(!s.trace_id_64);
@@ -128,7 +128,7 @@ fn json_string_int64s_typed_values_events_links_status() {
         end = now + 5_000
     );
     let b = decode_otlp_json(json.as_bytes()).unwrap();
-    assert_eq!(b.rejected_count, 0, "{}", b.error_message());
+    assert_eq!(b.rejected.count, 0, "{}", b.rejected.message());
     let s = &b.spans[0];
     assert_eq!(s.parent_span_id, None);
     assert_eq!(s.duration_nanos, Some(5_000));
@@ -258,15 +258,20 @@ fn protobuf_partial_success_rejects_only_the_invalid_spans() {
         future,
         many,
     ]);
-    let b = decode_otlp_proto(&req.encode_to_vec()).unwrap();
+    let b = decode_otlp_proto_prost(&req.encode_to_vec()).unwrap();
+    assert_eq!(
+        b.rejected,
+        decode_otlp_proto(&req.encode_to_vec()).unwrap().rejected,
+        "the in-place decoder rejects the same spans for the same reasons"
+    );
     assert_eq!(b.spans.len(), 1);
     assert_eq!(b.spans[0].status_code, SpanStatus::Ok);
     assert_eq!(
         b.spans[0].attributes["list"],
         AttrValue::Json(r#"{"arrayValue":{"values":[{"doubleValue":"NaN"}]}}"#.into())
     );
-    assert_eq!(b.rejected_count, 5);
-    let msg = b.error_message();
+    assert_eq!(b.rejected.count, 5);
+    let msg = b.rejected.message();
     assert!(msg.starts_with("5 invalid spans rejected: "), "{msg}");
     for part in [
         "resourceSpans[0].scopeSpans[0].spans[1].traceId: trace id must be 16 bytes, got 8",

@@ -1,0 +1,245 @@
+//! Reading the protobuf wire format in place, the way prost reads it:
+//! the same acceptance (unknown fields of any wire type, groups, a
+//! recursion limit of 100) with errors that say which byte is wrong.
+//! Shared by the remote-write and OTLP trace decoders.
+
+/// prost's default recursion limit.
+pub(crate) const RECURSION_LIMIT: u32 = 100;
+
+pub(crate) type WireResult<T> = Result<T, String>;
+
+/// A bounded view of the body: `[pos, end)`. Offsets are in the whole body,
+/// so errors name the byte where the problem is.
+#[derive(Clone, Copy)]
+pub(crate) struct Cursor<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
+    pub(crate) end: usize,
+}
+
+pub(crate) const WT_VARINT: u8 = 0;
+pub(crate) const WT_I64: u8 = 1;
+pub(crate) const WT_LEN: u8 = 2;
+pub(crate) const WT_START_GROUP: u8 = 3;
+pub(crate) const WT_END_GROUP: u8 = 4;
+pub(crate) const WT_I32: u8 = 5;
+
+pub(crate) fn wire_type_name(wt: u8) -> &'static str {
+    match wt {
+        WT_VARINT => "varint",
+        WT_I64 => "64-bit",
+        WT_LEN => "length-delimited",
+        WT_START_GROUP => "start group",
+        WT_END_GROUP => "end group",
+        _ => "32-bit",
+    }
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Cursor {
+            buf,
+            pos: 0,
+            end: buf.len(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn more(&self) -> bool {
+        self.pos < self.end
+    }
+
+    /// One-byte varints (most keys and lengths) inline, the rest out of line.
+    #[inline(always)]
+    pub(crate) fn varint(&mut self) -> WireResult<u64> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> WireResult<u64> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf[..self.end].get(self.pos) else {
+                return Err(format!(
+                    "truncated varint at byte {start} (the message ends at byte {})",
+                    self.end
+                ));
+            };
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err(format!("invalid varint at byte {start} (over 64 bits)"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(format!("invalid varint at byte {start} (over 10 bytes)"))
+    }
+
+    /// A field key: one-byte keys (field numbers up to 15) inline.
+    #[inline(always)]
+    pub(crate) fn key(&mut self) -> WireResult<(u32, u8)> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            if (8..0x80).contains(&b) && (b & 7) <= WT_I32 {
+                self.pos += 1;
+                return Ok((u32::from(b >> 3), b & 7));
+            }
+        }
+        self.key_slow()
+    }
+
+    #[inline(never)]
+    fn key_slow(&mut self) -> WireResult<(u32, u8)> {
+        let at = self.pos;
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) {
+            return Err(format!("invalid field key {k} at byte {at}"));
+        }
+        let wt = (k & 7) as u8;
+        if wt > WT_I32 {
+            return Err(format!("invalid wire type {wt} at byte {at}"));
+        }
+        let tag = (k >> 3) as u32;
+        if tag == 0 {
+            return Err(format!("invalid field number 0 at byte {at}"));
+        }
+        Ok((tag, wt))
+    }
+
+    #[inline(always)]
+    pub(crate) fn take(&mut self, n: u64, what: &'static str) -> WireResult<&'a [u8]> {
+        let left = (self.end - self.pos) as u64;
+        if n > left {
+            return Err(self.past_end(n, what));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn past_end(&self, n: u64, what: &str) -> String {
+        format!(
+            "{what} of {n} bytes at byte {} runs past the end of its message ({} bytes left)",
+            self.pos,
+            self.end - self.pos
+        )
+    }
+
+    /// A length-delimited field's contents.
+    #[inline(always)]
+    pub(crate) fn bytes(&mut self) -> WireResult<&'a [u8]> {
+        let n = self.varint()?;
+        self.take(n, "a length-delimited field")
+    }
+
+    /// A `string` field: its bytes, which must be UTF-8 (as prost checks).
+    #[inline(always)]
+    pub(crate) fn string(&mut self, field: &'static str) -> WireResult<&'a str> {
+        let at = self.pos;
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|e| {
+            format!(
+                "field {field} at byte {at} is not valid UTF-8 (invalid byte at offset {} of the string)",
+                e.valid_up_to()
+            )
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn fixed32(&mut self) -> WireResult<u32> {
+        let b = self.take(4, "a 32-bit field")?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    /// A nested message as its own cursor.
+    #[inline(always)]
+    pub(crate) fn message(&mut self) -> WireResult<Cursor<'a>> {
+        let n = self.varint()?;
+        let start = self.pos;
+        self.take(n, "an embedded message")?;
+        Ok(Cursor {
+            buf: self.buf,
+            pos: start,
+            end: self.pos,
+        })
+    }
+
+    #[inline(always)]
+    pub(crate) fn fixed64(&mut self) -> WireResult<u64> {
+        let b = self.take(8, "a 64-bit field")?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    /// Skips an unknown field as prost does, groups included.
+    pub(crate) fn skip(&mut self, tag: u32, wt: u8, budget: u32) -> WireResult<()> {
+        if budget == 0 {
+            return Err("recursion limit reached (over 100 nested messages or groups)".into());
+        }
+        match wt {
+            WT_VARINT => {
+                self.varint()?;
+            }
+            WT_I64 => {
+                self.take(8, "a 64-bit field")?;
+            }
+            WT_LEN => {
+                self.bytes()?;
+            }
+            WT_I32 => {
+                self.take(4, "a 32-bit field")?;
+            }
+            WT_START_GROUP => loop {
+                let at = self.pos;
+                let (t, w) = self.key()?;
+                if w == WT_END_GROUP {
+                    if t != tag {
+                        return Err(format!(
+                            "end of group {t} at byte {at} does not close group {tag}"
+                        ));
+                    }
+                    break;
+                }
+                self.skip(t, w, budget - 1)?;
+            },
+            _ => {
+                return Err(format!(
+                    "unexpected end of group {tag} before byte {}",
+                    self.pos
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A known field sent with another wire type.
+#[inline(always)]
+pub(crate) fn expect_wt(field: &'static str, got: u8, want: u8) -> WireResult<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(wrong_wire_type(field, got, want))
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn wrong_wire_type(field: &str, got: u8, want: u8) -> String {
+    format!(
+        "field {field} has wire type {} ({got}), expected {} ({want})",
+        wire_type_name(got),
+        wire_type_name(want)
+    )
+}
