@@ -277,11 +277,7 @@ async fn ingest(
                     "otlp" => meshlens_ingest::otlp::decode_otlp_proto(p)
                         .map(|b| b.batch)
                         .expect("decode"),
-                    _ => {
-                        let spans =
-                            meshlens_ingest::zipkin::json_v2::decode_json_v2(p).expect("decode");
-                        meshlens_storage::schema::spans_to_batch(&spans).expect("batch")
-                    }
+                    _ => meshlens_ingest::zipkin::json_v2::decode_json_v2_batch(p).expect("decode"),
                 };
                 let n = batch.num_rows() as u64;
                 storage.append_batch(batch.clone()).await.expect("append");

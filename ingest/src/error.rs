@@ -120,6 +120,10 @@ pub enum DecodeError {
     /// store the good samples and report these.
     #[error("{}", .0.describe("samples"))]
     InvalidSamples(Rejections),
+    /// The decoded spans could not be made into a batch: a bug of ours,
+    /// not of the sender (answered 500).
+    #[error("could not build the batch of spans: {0}")]
+    Batch(String),
     /// Zipkin rejects a request whole when one span is invalid.
     #[error("{}", fmt_invalid(.first, *.invalid, *.total))]
     InvalidSpans {
@@ -264,6 +268,7 @@ impl DecodeError {
             DecodeError::InvalidSpans { .. } => "invalid_span",
             DecodeError::InvalidSamples(_) => "invalid_sample",
             DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
+            DecodeError::Batch(_) => "internal",
             _ => "malformed",
         }
     }
@@ -305,6 +310,7 @@ impl IngestError {
         match self {
             IngestError::Body(b) => b.status(),
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Decode(DecodeError::Batch(_)) => S::INTERNAL_SERVER_ERROR,
             IngestError::Decode(_) => S::BAD_REQUEST,
             IngestError::Storage(StorageError::Backpressure { .. })
             | IngestError::SampleStorage(StorageError::Backpressure { .. }) => S::TOO_MANY_REQUESTS,
@@ -354,6 +360,7 @@ impl IngestError {
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
+            IngestError::Decode(DecodeError::Batch(_)) => Code::Internal,
             IngestError::Body(_)
             | IngestError::UnsupportedMediaType(_)
             | IngestError::Unsupported { .. }

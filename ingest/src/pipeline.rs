@@ -7,8 +7,6 @@ use crate::{IngestState, metrics};
 use arrow::record_batch::RecordBatch;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use meshlens_storage::model::Span;
-use meshlens_storage::schema::spans_to_batch;
 
 /// Bodies larger than this are decoded on the blocking pool so a 16 MiB
 /// batch does not stall other requests on the same worker.
@@ -26,20 +24,6 @@ where
         .await
         .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))?
         .map_err(IngestError::from)
-}
-
-/// Appends spans and counts them as received (or rejected, with the reason).
-pub(crate) async fn store(
-    state: &IngestState,
-    receiver: &'static str,
-    spans: Vec<Span>,
-) -> Result<(), IngestError> {
-    if spans.is_empty() {
-        return Ok(());
-    }
-    let batch = spans_to_batch(&spans)
-        .map_err(|e| IngestError::Storage(meshlens_storage::StorageError::Arrow(e)))?;
-    store_batch(state, receiver, batch).await
 }
 
 /// Appends a batch of the `spans` table (from a decoder that builds one)

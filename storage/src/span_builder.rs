@@ -215,6 +215,61 @@ pub struct SpanRef<'a> {
     pub extra_json: Option<Cow<'a, str>>,
 }
 
+impl SpanRef<'_> {
+    /// The owned [`Span`] (for callers that need one; the receivers append
+    /// [`SpanRef`]s to a builder instead).
+    pub fn to_span(&self) -> Span {
+        let ep = |e: &EndpointRef<'_>| crate::model::Endpoint {
+            service_name: e.service_name.map(str::to_owned),
+            ipv4: e.ipv4.as_deref().map(str::to_owned),
+            ipv6: e.ipv6.as_deref().map(str::to_owned),
+            port: e.port,
+        };
+        Span {
+            trace_id: crate::model::TraceId(self.trace_id),
+            trace_id_64: self.trace_id_64,
+            span_id: crate::model::SpanId(self.span_id),
+            parent_span_id: self.parent_span_id.map(crate::model::SpanId),
+            name: self.name.to_string(),
+            kind: self.kind,
+            start: self.start.map(crate::model::UnixNanos),
+            duration_nanos: self.duration_nanos,
+            local: ep(&self.local),
+            remote: ep(&self.remote),
+            shared: self.shared,
+            debug: self.debug,
+            status_code: self.status_code,
+            status_message: self.status_message.map(str::to_owned),
+            attributes: self.attributes.to_attributes(),
+            resource: self.resource.to_attributes(),
+            events: self
+                .events
+                .iter()
+                .map(|e| crate::model::Event {
+                    time: crate::model::UnixNanos(e.time),
+                    name: e.name.to_string(),
+                    attributes_json: e.attributes_json.as_deref().map(str::to_owned),
+                })
+                .collect(),
+            links: self
+                .links
+                .iter()
+                .map(|l| crate::model::Link {
+                    trace_id: crate::model::TraceId(l.trace_id),
+                    span_id: crate::model::SpanId(l.span_id),
+                    trace_state: l.trace_state.map(str::to_owned),
+                    attributes_json: l.attributes_json.as_deref().map(str::to_owned),
+                })
+                .collect(),
+            trace_state: self.trace_state.map(str::to_owned),
+            flags: self.flags,
+            scope_name: self.scope_name.map(str::to_owned),
+            scope_version: self.scope_version.map(str::to_owned),
+            extra_json: self.extra_json.as_deref().map(str::to_owned),
+        }
+    }
+}
+
 /// The borrowed parts of a [`Span`] that need storage of their own.
 #[derive(Default)]
 pub struct SpanParts<'a> {
@@ -622,6 +677,13 @@ impl SpanBatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_ref_to_span_round_trips() {
+        let span = crate::schema::tests::sample_span(3);
+        let mut parts = SpanParts::default();
+        assert_eq!(parts.of(&span).to_span(), span);
+    }
 
     #[test]
     fn attr_list_is_a_btreemap() {

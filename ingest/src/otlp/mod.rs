@@ -40,10 +40,7 @@ pub struct OtlpSpanBatch {
 impl OtlpBatch {
     /// The spans as a batch of the `spans` table.
     pub fn into_span_batch(self) -> Result<OtlpSpanBatch, DecodeError> {
-        let batch = spans_to_batch(&self.spans).map_err(|e| DecodeError::Protobuf {
-            message_name: "ExportTraceServiceRequest",
-            detail: format!("building the batch failed: {e}"),
-        })?;
+        let batch = spans_to_batch(&self.spans).map_err(|e| DecodeError::Batch(e.to_string()))?;
         Ok(OtlpSpanBatch {
             batch,
             rejected: self.rejected,

@@ -917,10 +917,10 @@ pub fn decode_traces_at(body: &[u8], now: UnixNanos) -> Result<OtlpSpanBatch, De
         message_name: "ExportTraceServiceRequest",
         detail,
     })?;
-    let batch = out.builder.finish().map_err(|e| DecodeError::Protobuf {
-        message_name: "ExportTraceServiceRequest",
-        detail: format!("building the batch failed: {e}"),
-    })?;
+    let batch = out
+        .builder
+        .finish()
+        .map_err(|e| DecodeError::Batch(e.to_string()))?;
     Ok(OtlpSpanBatch {
         batch,
         rejected: out.rejected,

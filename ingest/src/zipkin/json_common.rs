@@ -4,7 +4,7 @@
 
 use crate::error::{DecodeError, Problem};
 use crate::validate::{FieldProblem, MAX_ATTRIBUTES};
-use meshlens_storage::model::{AttrValue, Attributes, Endpoint};
+use meshlens_storage::model::Endpoint;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
@@ -87,39 +87,43 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// A tag value. Zipkin requires strings and rejects other JSON types; we
-/// accept numbers and booleans too and keep their JSON text as the string
-/// ("42", "1.5", "true"), because some clients (and hand-written tests)
-/// send them and refusing the whole batch for it helps nobody.
-pub(crate) struct TagString(pub String);
+/// A tag value, borrowed from the body when it has no escapes. Zipkin
+/// requires strings and rejects other JSON types; we accept numbers and
+/// booleans too and keep their JSON text as the string ("42", "1.5",
+/// "true"), because some clients (and hand-written tests) send them and
+/// refusing the whole batch for it helps nobody.
+pub(crate) struct TagString<'a>(pub Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for TagString {
+impl<'de: 'a, 'a> Deserialize<'de> for TagString<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = TagString;
+            type Value = TagString<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string (numbers and booleans are accepted too)")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TagString, E> {
-                Ok(TagString(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<TagString, E> {
-                Ok(TagString(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v.to_owned())))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TagString, E> {
-                Ok(TagString(v.to_string()))
+            fn visit_string<E: de::Error>(self, v: String) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v)))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TagString, E> {
-                Ok(TagString(v.to_string()))
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v.to_string())))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TagString, E> {
-                Ok(TagString(v.to_string()))
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v.to_string())))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TagString, E> {
-                Ok(TagString(v.to_string()))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v.to_string())))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<TagString, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TagString<'de>, E> {
+                Ok(TagString(Cow::Owned(v.to_string())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TagString<'de>, E> {
                 Err(E::custom("a tag value must be a string, got null"))
             }
         }
@@ -127,31 +131,35 @@ impl<'de> Deserialize<'de> for TagString {
     }
 }
 
-/// Tags, collected up to [`MAX_ATTRIBUTES`] and counted beyond, so a span
-/// with a million tags costs a count, not a million allocations.
+/// Tags in the order sent, borrowed where possible, collected up to
+/// [`MAX_ATTRIBUTES`] and counted beyond, so a span with a million tags
+/// costs a count, not a million allocations.
 #[derive(Default)]
-pub(crate) struct Tags {
-    pub map: Attributes,
+pub(crate) struct Tags<'a> {
+    pub list: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     pub count: usize,
 }
 
-impl<'de> Deserialize<'de> for Tags {
+impl<'de: 'a, 'a> Deserialize<'de> for Tags<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Tags;
+            type Value = Tags<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object of string tags")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Tags, A::Error> {
-                let mut tags = Tags::default();
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Tags<'de>, A::Error> {
+                let mut tags = Tags {
+                    list: Vec::with_capacity(m.size_hint().unwrap_or(16).min(64)),
+                    count: 0,
+                };
                 loop {
                     if tags.count < MAX_ATTRIBUTES {
-                        let Some(k) = m.next_key::<String>()? else {
+                        let Some(k) = m.next_key::<Str<'de>>()? else {
                             break;
                         };
-                        let v: TagString = m.next_value()?;
-                        tags.map.insert(k, AttrValue::Str(v.0));
+                        let v: TagString<'de> = m.next_value()?;
+                        tags.list.push((k.0, v.0));
                     } else {
                         if m.next_key::<IgnoredAny>()?.is_none() {
                             break;
@@ -181,17 +189,17 @@ impl RawEndpoint {
     /// Empty strings and port 0 mean "absent", as in Zipkin. Names keep the
     /// case they were sent in (Zipkin lower-cases them; the query side
     /// compares case-insensitively instead).
-    pub fn into_endpoint(self, field: &str) -> Result<Endpoint, FieldProblem> {
-        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    pub fn into_endpoint(&self, field: &str) -> Result<Endpoint, FieldProblem> {
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         let port = match self.port {
             None | Some(0) => None,
             Some(p @ 1..=65535) => Some(p as i32),
             Some(p) => return Err((Some(format!("{field}.port")), Problem::BadPort(p))),
         };
         Ok(Endpoint {
-            service_name: non_empty(self.service_name),
-            ipv4: non_empty(self.ipv4),
-            ipv6: non_empty(self.ipv6),
+            service_name: non_empty(&self.service_name),
+            ipv4: non_empty(&self.ipv4),
+            ipv6: non_empty(&self.ipv6),
             port,
         })
     }
@@ -199,7 +207,7 @@ impl RawEndpoint {
 
 /// `Some(endpoint)` unless it carries nothing.
 pub(crate) fn endpoint_opt(
-    e: Option<RawEndpoint>,
+    e: Option<&RawEndpoint>,
     field: &str,
 ) -> Result<Option<Endpoint>, FieldProblem> {
     match e {

@@ -152,7 +152,7 @@ struct V1 {
 }
 
 fn endpoint(e: Option<RawEndpoint>, field: &str) -> Result<Option<Endpoint>, FieldProblem> {
-    super::json_common::endpoint_opt(e, field)
+    super::json_common::endpoint_opt(e.as_ref(), field)
 }
 
 impl V1 {

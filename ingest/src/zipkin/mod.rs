@@ -22,6 +22,7 @@ use crate::error::{DecodeError, IngestError, InvalidSpan};
 use crate::metrics::receiver;
 use crate::validate::{FieldProblem, Format, check_span};
 use crate::{IngestState, body, pipeline};
+use arrow::record_batch::RecordBatch;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -29,9 +30,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use meshlens_storage::model::{Span, UnixNanos};
+use meshlens_storage::schema::spans_to_batch;
 
-/// A Zipkin body decoder (JSON v2, JSON v1 or proto3).
-pub type DecodeFn = fn(&[u8]) -> Result<Vec<Span>, DecodeError>;
+/// A Zipkin body decoder (JSON v2, JSON v1 or proto3) into a batch of the
+/// `spans` table.
+pub type DecodeFn = fn(&[u8]) -> Result<RecordBatch, DecodeError>;
+
+/// Spans decoded the long way (JSON v1, proto3) as a batch.
+fn to_batch(spans: Result<Vec<Span>, DecodeError>) -> Result<RecordBatch, DecodeError> {
+    spans_to_batch(&spans?).map_err(|e| DecodeError::Batch(e.to_string()))
+}
 
 pub fn router(state: IngestState) -> Router {
     Router::new()
@@ -54,9 +62,9 @@ async fn post_v2(State(state): State<IngestState>, headers: HeaderMap, body: Bod
     // Zipkin treats anything but protobuf as JSON; so do we.
     let proto = mt == "application/x-protobuf" || mt == "application/protobuf";
     let (name, decode): (_, DecodeFn) = if proto {
-        (receiver::ZIPKIN_V2_PROTO, decode_proto3)
+        (receiver::ZIPKIN_V2_PROTO, |b| to_batch(decode_proto3(b)))
     } else {
-        (receiver::ZIPKIN_V2_JSON, decode_json_v2)
+        (receiver::ZIPKIN_V2_JSON, json_v2::decode_json_v2_batch)
     };
     respond(
         &state,
@@ -74,7 +82,10 @@ async fn post_v1(State(state): State<IngestState>, headers: HeaderMap, body: Bod
                 .into(),
         ))
     } else {
-        receive(&state, name, &headers, body, decode_json_v1).await
+        receive(&state, name, &headers, body, |b| {
+            to_batch(decode_json_v1(b))
+        })
+        .await
     };
     respond(&state, name, result)
 }
@@ -87,8 +98,8 @@ async fn receive(
     decode: DecodeFn,
 ) -> Result<(), IngestError> {
     let bytes = body::read_body(headers, body, state.config.max_body_bytes).await?;
-    let spans = pipeline::decode(bytes, decode).await?;
-    pipeline::store(state, name, spans).await
+    let batch = pipeline::decode(bytes, decode).await?;
+    pipeline::store_batch(state, name, batch).await
 }
 
 fn respond(state: &IngestState, name: &'static str, result: Result<(), IngestError>) -> Response {
@@ -103,7 +114,7 @@ fn respond(state: &IngestState, name: &'static str, result: Result<(), IngestErr
 
 /// Gathers decoded spans, validates them, and remembers the first problem.
 pub(crate) struct Collector {
-    now: UnixNanos,
+    pub now: UnixNanos,
     spans: Vec<Span>,
     first: Option<InvalidSpan>,
     invalid: usize,
@@ -148,9 +159,15 @@ impl Collector {
         }
     }
 
-    pub fn finish(self) -> Result<Vec<Span>, DecodeError> {
+    pub fn finish(mut self) -> Result<Vec<Span>, DecodeError> {
+        let spans = std::mem::take(&mut self.spans);
+        self.finish_with(spans)
+    }
+
+    /// `Ok(out)` when every span was valid, else the first problem.
+    pub fn finish_with<T>(self, out: T) -> Result<T, DecodeError> {
         match self.first {
-            None => Ok(self.spans),
+            None => Ok(out),
             Some(first) => Err(DecodeError::InvalidSpans {
                 first: Box::new(first),
                 invalid: self.invalid,

@@ -8,11 +8,23 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 fn all_decoders(bytes: &[u8]) {
-    let _ = decode_json_v2(bytes);
+    v2_paths_agree(bytes);
     let _ = decode_json_v1(bytes);
     let _ = decode_proto3(bytes);
     let _ = decode_otlp_proto(bytes);
     let _ = decode_otlp_json(bytes);
+}
+
+/// The batch path of the v2 JSON decoder gives the batch of the spans the
+/// `Span` path gives, and the same errors.
+fn v2_paths_agree(bytes: &[u8]) {
+    let spans = decode_json_v2(bytes);
+    let batch = json_v2::decode_json_v2_batch(bytes);
+    match (spans, batch) {
+        (Ok(s), Ok(b)) => assert_eq!(b, spans_to_batch(&s).unwrap()),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("paths disagree: {a:?} vs {b:?}"),
+    }
 }
 
 const SAMPLE_V2: &str = r#"[{"traceId":"5b8efff798038103d269b633813fc60c","id":"eee19b7ec3c1b174","parentId":"eee19b7ec3c1b173","kind":"SERVER","name":"get","timestamp":1600000000000000,"duration":5,"localEndpoint":{"serviceName":"a","ipv4":"1.2.3.4","port":80},"annotations":[{"timestamp":1600000000000001,"value":"x"}],"tags":{"k":"v"},"shared":true}]"#;
@@ -169,7 +181,9 @@ proptest! {
         let (json, expected): (Vec<Value>, Vec<Span>) = spans.into_iter().unzip();
         let body = serde_json::to_vec(&json).expect("serializable");
         let decoded = decode_json_v2(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(decoded, expected);
+        prop_assert_eq!(&decoded, &expected);
+        let batch = json_v2::decode_json_v2_batch(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(batch, spans_to_batch(&expected).unwrap());
     }
 }
 
