@@ -189,7 +189,7 @@ impl RawEndpoint {
     /// Empty strings and port 0 mean "absent", as in Zipkin. Names keep the
     /// case they were sent in (Zipkin lower-cases them; the query side
     /// compares case-insensitively instead).
-    pub fn into_endpoint(&self, field: &str) -> Result<Endpoint, FieldProblem> {
+    pub fn to_endpoint(&self, field: &str) -> Result<Endpoint, FieldProblem> {
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         let port = match self.port {
             None | Some(0) => None,
@@ -212,6 +212,6 @@ pub(crate) fn endpoint_opt(
 ) -> Result<Option<Endpoint>, FieldProblem> {
     match e {
         None => Ok(None),
-        Some(e) => e.into_endpoint(field).map(|e| (!e.is_empty()).then_some(e)),
+        Some(e) => e.to_endpoint(field).map(|e| (!e.is_empty()).then_some(e)),
     }
 }
