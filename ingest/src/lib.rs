@@ -89,11 +89,7 @@ pub fn otlp_http_router(state: IngestState) -> axum::Router {
 }
 
 /// The OTLP gRPC trace service, ready for `tonic::transport::Server::add_service`.
-pub fn otlp_grpc_service(
-    state: IngestState,
-) -> opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer<
-    OtlpTraceService,
-> {
+pub fn otlp_grpc_service(state: IngestState) -> otlp::grpc::TraceGrpcServer {
     otlp::grpc::grpc_service(state)
 }
 

@@ -12,15 +12,16 @@ use axum::response::{IntoResponse, Response};
 /// batch does not stall other requests on the same worker.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
 
-pub(crate) async fn decode<T, F>(bytes: Vec<u8>, f: F) -> Result<T, IngestError>
+pub(crate) async fn decode<B, T, F>(bytes: B, f: F) -> Result<T, IngestError>
 where
+    B: AsRef<[u8]> + Send + 'static,
     T: Send + 'static,
     F: FnOnce(&[u8]) -> Result<T, DecodeError> + Send + 'static,
 {
-    if bytes.len() <= INLINE_DECODE_BYTES {
-        return Ok(f(&bytes)?);
+    if bytes.as_ref().len() <= INLINE_DECODE_BYTES {
+        return Ok(f(bytes.as_ref())?);
     }
-    tokio::task::spawn_blocking(move || f(&bytes))
+    tokio::task::spawn_blocking(move || f(bytes.as_ref()))
         .await
         .map_err(|e| IngestError::Internal(format!("decoder task failed: {e}")))?
         .map_err(IngestError::from)

@@ -589,10 +589,8 @@ impl Storage {
             return Ok(());
         };
         let result = async {
-            let batch = arrow::compute::concat_batches(&spans_schema(), &batches)?;
             let mut entries = Vec::new();
-            for (partition, part) in files::split_by_hour(&batch, UnixNanos::now().0)? {
-                let sorted = files::sort_batch(&part)?;
+            for (partition, sorted) in files::sorted_partitions(&batches, UnixNanos::now().0)? {
                 let id = manifest.next_file_id;
                 let path = files::file_path(partition, id);
                 let (entry, filter) =

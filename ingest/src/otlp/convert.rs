@@ -338,44 +338,47 @@ pub(crate) fn span_extra(
     (!extra.is_empty()).then(|| Json::Object(extra).to_string())
 }
 
+/// The attributes a remote endpoint is read from (see [`remote_endpoint`]).
+const PEER_KEYS: [&str; 12] = [
+    "peer.service",
+    "server.address",
+    "net.peer.name",
+    "network.peer.address",
+    "net.sock.peer.name",
+    "net.sock.peer.addr",
+    "net.peer.ip",
+    "db.name",
+    "network.peer.port",
+    "net.sock.peer.port",
+    "net.peer.port",
+    "server.port",
+];
+
 /// The peer of a CLIENT/PRODUCER span, in the OpenTelemetry Zipkin
-/// exporter's order of preference (new semantic conventions first).
+/// exporter's order of preference (new semantic conventions first). One
+/// pass over the attributes finds the keys it reads.
 pub(crate) fn remote_endpoint<'a>(attrs: &AttrList<'a>) -> EndpointRef<'a> {
-    let string = |k: &str| attrs.get_str(k).filter(|s| !s.is_empty());
-    let service_name = [
-        "peer.service",
-        "server.address",
-        "net.peer.name",
-        "network.peer.address",
-        "net.sock.peer.name",
-        "net.sock.peer.addr",
-        "net.peer.ip",
-        "db.name",
-    ]
-    .iter()
-    .find_map(|k| string(k));
-    let ip = [
-        "network.peer.address",
-        "net.sock.peer.addr",
-        "net.peer.ip",
-        "server.address",
-    ]
-    .iter()
-    .find_map(|k| string(k).and_then(|s| s.parse::<std::net::IpAddr>().ok()));
-    let port = [
-        "network.peer.port",
-        "net.sock.peer.port",
-        "net.peer.port",
-        "server.port",
-    ]
-    .iter()
-    .find_map(|k| match attrs.get(k) {
-        Some(AttrRef::Int(p)) => Some(*p),
-        Some(AttrRef::Str(s)) => s.parse().ok(),
-        _ => None,
-    })
-    .filter(|p| (1..=65535).contains(p))
-    .map(|p| p as i32);
+    let mut found: [Option<&AttrRef<'a>>; 12] = [None; 12];
+    for (k, v) in attrs.iter() {
+        // Comparing `&str`s checks the lengths first: most keys cost no memcmp.
+        if let Some(i) = PEER_KEYS.iter().position(|p| p == k) {
+            found[i] = Some(v);
+        }
+    }
+    let string = |i: usize| found[i].and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let service_name = (0..8).find_map(string);
+    let ip = [3, 5, 6, 1]
+        .into_iter()
+        .find_map(|i| string(i).and_then(|s| s.parse::<std::net::IpAddr>().ok()));
+    let port = [8, 9, 10, 11]
+        .into_iter()
+        .find_map(|i| match found[i] {
+            Some(AttrRef::Int(p)) => Some(*p),
+            Some(AttrRef::Str(s)) => s.parse().ok(),
+            _ => None,
+        })
+        .filter(|p| (1..=65535).contains(p))
+        .map(|p| p as i32);
     EndpointRef {
         service_name,
         ipv4: ip
