@@ -10,7 +10,7 @@
 //! sorted by key and the last of duplicate keys wins, exactly as a
 //! `BTreeMap` built from the sender's list would be.
 
-use crate::model::{AttrValue, Attributes, Span, SpanKind, StatusCode};
+use crate::model::{AttrValue, Attributes, Endpoint, Span, SpanKind, StatusCode};
 use crate::schema::{
     PROMOTED_TAGS, UNIQUE_TAGS, event_fields, link_fields, promoted_index, spans_schema,
 };
@@ -174,6 +174,25 @@ pub struct EndpointRef<'a> {
     pub port: Option<i32>,
 }
 
+impl<'a> EndpointRef<'a> {
+    pub fn of(e: &'a Endpoint) -> Self {
+        EndpointRef {
+            service_name: e.service_name.as_deref(),
+            ipv4: e.ipv4.as_deref().map(Cow::Borrowed),
+            ipv6: e.ipv6.as_deref().map(Cow::Borrowed),
+            port: e.port,
+        }
+    }
+    pub fn to_endpoint(&self) -> Endpoint {
+        Endpoint {
+            service_name: self.service_name.map(str::to_owned),
+            ipv4: self.ipv4.as_deref().map(str::to_owned),
+            ipv6: self.ipv6.as_deref().map(str::to_owned),
+            port: self.port,
+        }
+    }
+}
+
 /// A span event (Zipkin annotation), borrowed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventRef<'a> {
@@ -223,12 +242,6 @@ impl SpanRef<'_> {
     /// The owned [`Span`] (for callers that need one; the receivers append
     /// [`SpanRef`]s to a builder instead).
     pub fn to_span(&self) -> Span {
-        let ep = |e: &EndpointRef<'_>| crate::model::Endpoint {
-            service_name: e.service_name.map(str::to_owned),
-            ipv4: e.ipv4.as_deref().map(str::to_owned),
-            ipv6: e.ipv6.as_deref().map(str::to_owned),
-            port: e.port,
-        };
         Span {
             trace_id: crate::model::TraceId(self.trace_id),
             trace_id_64: self.trace_id_64,
@@ -238,8 +251,8 @@ impl SpanRef<'_> {
             kind: self.kind,
             start: self.start.map(crate::model::UnixNanos),
             duration_nanos: self.duration_nanos,
-            local: ep(&self.local),
-            remote: ep(&self.remote),
+            local: self.local.to_endpoint(),
+            remote: self.remote.to_endpoint(),
             shared: self.shared,
             debug: self.debug,
             status_code: self.status_code,
@@ -301,12 +314,6 @@ impl<'a> SpanParts<'a> {
             trace_state: l.trace_state.as_deref(),
             attributes_json: l.attributes_json.as_deref().map(Cow::Borrowed),
         }));
-        let ep = |e: &'a crate::model::Endpoint| EndpointRef {
-            service_name: e.service_name.as_deref(),
-            ipv4: e.ipv4.as_deref().map(Cow::Borrowed),
-            ipv6: e.ipv6.as_deref().map(Cow::Borrowed),
-            port: e.port,
-        };
         SpanRef {
             trace_id: s.trace_id.0,
             trace_id_64: s.trace_id_64,
@@ -316,8 +323,8 @@ impl<'a> SpanParts<'a> {
             kind: s.kind,
             start: s.start.map(|t| t.0),
             duration_nanos: s.duration_nanos,
-            local: ep(&s.local),
-            remote: ep(&s.remote),
+            local: EndpointRef::of(&s.local),
+            remote: EndpointRef::of(&s.remote),
             shared: s.shared,
             debug: s.debug,
             status_code: s.status_code,

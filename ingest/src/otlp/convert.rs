@@ -19,7 +19,8 @@ use crate::validate::{
     FieldProblem, Format, check_span, parent_id_bytes, span_id_bytes, trace_id_bytes,
 };
 use meshlens_storage::model::{
-    AttrValue, Attributes, Endpoint, Event, Link, Span, SpanKind, StatusCode, UnixNanos,
+    AttrValue, Attributes, Endpoint, Event, Link, Span, SpanId, SpanKind, StatusCode, TraceId,
+    UnixNanos,
 };
 use meshlens_storage::span_builder::{AttrList, AttrRef, EndpointRef};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -200,33 +201,16 @@ fn convert_span(
         .map(SpanKind::from_u8)
         .unwrap_or_default();
 
-    let mut extra = Map::new();
-    for (k, v) in [
-        ("droppedAttributesCount", s.dropped_attributes_count),
-        ("droppedEventsCount", s.dropped_events_count),
-        ("droppedLinksCount", s.dropped_links_count),
-    ] {
-        if v > 0 {
-            extra.insert(k.into(), v.into());
-        }
-    }
-
+    let extra = dropped_counts(
+        s.dropped_attributes_count,
+        s.dropped_events_count,
+        s.dropped_links_count,
+    );
     let mut events = Vec::with_capacity(s.events.len());
     let mut event_extra = Vec::new();
     for (i, e) in s.events.into_iter().enumerate() {
-        let time = i64::try_from(e.time_unix_nano).map_err(|_| {
-            (
-                Some(format!("events[{i}].timeUnixNano")),
-                Problem::OutOfRange {
-                    value: e.time_unix_nano as i128,
-                    unit: "ns",
-                },
-            )
-        })?;
-        if e.dropped_attributes_count > 0 {
-            event_extra
-                .push(json!({"index": i, "droppedAttributesCount": e.dropped_attributes_count}));
-        }
+        let time = event_time(i, e.time_unix_nano)?;
+        event_extra.extend(event_dropped(i, e.dropped_attributes_count));
         events.push(Event {
             time: UnixNanos(time),
             name: e.name,
@@ -237,24 +221,8 @@ fn convert_span(
     let mut links = Vec::with_capacity(s.links.len());
     let mut link_extra = Vec::new();
     for (i, l) in s.links.into_iter().enumerate() {
-        let (tid, _) = trace_id_bytes(&l.trace_id, false)
-            .map_err(|p| (Some(format!("links[{i}].traceId")), p))?;
-        let sid = span_id_bytes("span id", &l.span_id)
-            .map_err(|p| (Some(format!("links[{i}].spanId")), p))?;
-        if l.dropped_attributes_count > 0 || l.flags != 0 {
-            let mut m = Map::new();
-            m.insert("index".into(), i.into());
-            if l.flags != 0 {
-                m.insert("flags".into(), l.flags.into());
-            }
-            if l.dropped_attributes_count > 0 {
-                m.insert(
-                    "droppedAttributesCount".into(),
-                    l.dropped_attributes_count.into(),
-                );
-            }
-            link_extra.push(Json::Object(m));
-        }
+        let (tid, sid) = link_ids(i, &l.trace_id, &l.span_id)?;
+        link_extra.extend(link_rare(i, l.dropped_attributes_count, l.flags));
         links.push(Link {
             trace_id: tid,
             span_id: sid,
@@ -275,13 +243,7 @@ fn convert_span(
     };
     let attributes = attributes(s.attributes);
     let remote = if matches!(kind, SpanKind::Client | SpanKind::Producer) {
-        let r = remote_endpoint(&AttrList::from_attributes(&attributes));
-        Endpoint {
-            service_name: r.service_name.map(str::to_owned),
-            ipv4: r.ipv4.map(Cow::into_owned),
-            ipv6: r.ipv6.map(Cow::into_owned),
-            port: r.port,
-        }
+        remote_endpoint(&AttrList::from_attributes(&attributes)).to_endpoint()
     } else {
         Endpoint::default()
     };
@@ -313,6 +275,68 @@ fn convert_span(
         scope_version: ctx.scope_version.map(str::to_owned),
         extra_json,
     })
+}
+
+/// A span's dropped counts, the start of its `extra_json`.
+pub(crate) fn dropped_counts(attributes: u32, events: u32, links: u32) -> Map<String, Json> {
+    let mut extra = Map::new();
+    for (k, v) in [
+        ("droppedAttributesCount", attributes),
+        ("droppedEventsCount", events),
+        ("droppedLinksCount", links),
+    ] {
+        if v > 0 {
+            extra.insert(k.into(), v.into());
+        }
+    }
+    extra
+}
+
+/// Event `i`'s time in ns, which must fit an i64.
+pub(crate) fn event_time(i: usize, t: u64) -> Result<i64, FieldProblem> {
+    i64::try_from(t).map_err(|_| {
+        (
+            Some(format!("events[{i}].timeUnixNano")),
+            Problem::OutOfRange {
+                value: t as i128,
+                unit: "ns",
+            },
+        )
+    })
+}
+
+/// Event `i`'s dropped attribute count for `extra_json`, when there is one.
+pub(crate) fn event_dropped(i: usize, dropped: u32) -> Option<Json> {
+    (dropped > 0).then(|| json!({"index": i, "droppedAttributesCount": dropped}))
+}
+
+/// Link `i`'s ids, checked as a span's are.
+pub(crate) fn link_ids(
+    i: usize,
+    trace: &[u8],
+    span: &[u8],
+) -> Result<(TraceId, SpanId), FieldProblem> {
+    let (tid, _) =
+        trace_id_bytes(trace, false).map_err(|p| (Some(format!("links[{i}].traceId")), p))?;
+    let sid =
+        span_id_bytes("span id", span).map_err(|p| (Some(format!("links[{i}].spanId")), p))?;
+    Ok((tid, sid))
+}
+
+/// Link `i`'s flags and dropped attribute count for `extra_json`, when set.
+pub(crate) fn link_rare(i: usize, dropped: u32, flags: u32) -> Option<Json> {
+    if dropped == 0 && flags == 0 {
+        return None;
+    }
+    let mut m = Map::new();
+    m.insert("index".into(), i.into());
+    if flags != 0 {
+        m.insert("flags".into(), flags.into());
+    }
+    if dropped > 0 {
+        m.insert("droppedAttributesCount".into(), dropped.into());
+    }
+    Some(Json::Object(m))
 }
 
 /// The rare fields of a span (`extra_json`): its own, then its events',

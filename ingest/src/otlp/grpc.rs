@@ -171,7 +171,7 @@ impl OtlpTraceService {
     }
 
     async fn handle(&self, body: Bytes) -> Result<Rejections, IngestError> {
-        let batch = pipeline::decode(body, super::wire::decode_traces).await?;
+        let batch = pipeline::decode(body, super::decode_otlp_proto).await?;
         metrics::spans_rejected(
             self.state.storage.telemetry(),
             OTLP_GRPC,

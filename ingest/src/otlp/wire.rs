@@ -19,7 +19,8 @@
 //! it for every path ([`super::convert::value_json`]).
 
 use super::convert::{
-    SpanContext, kvs_json, nanos_field, non_empty_str, remote_endpoint, span_extra, value_json,
+    SpanContext, dropped_counts, event_dropped, event_time, kvs_json, link_ids, link_rare,
+    nanos_field, non_empty_str, remote_endpoint, span_extra, value_json,
 };
 use super::{OtlpSpanBatch, Rejections};
 use crate::error::{DecodeError, Problem};
@@ -37,7 +38,7 @@ use meshlens_storage::span_builder::{
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, KeyValue, KeyValueList, any_value::Value,
 };
-use serde_json::{Map, Value as Json, json};
+use serde_json::Map;
 use std::borrow::Cow;
 
 /// Bytes of one span on the wire, roughly, for sizing the builders.
@@ -628,31 +629,16 @@ fn prepare<'a: 's, 's>(
         .map(SpanKind::from_u8)
         .unwrap_or_default();
 
-    let mut extra = Map::new();
-    for (k, v) in [
-        ("droppedAttributesCount", raw.dropped_attributes),
-        ("droppedEventsCount", raw.dropped_events),
-        ("droppedLinksCount", raw.dropped_links),
-    ] {
-        if v > 0 {
-            extra.insert(k.into(), v.into());
-        }
-    }
+    let extra = dropped_counts(
+        raw.dropped_attributes,
+        raw.dropped_events,
+        raw.dropped_links,
+    );
     scratch.events.clear();
     let mut event_extra = Vec::new();
     for (i, e) in raw.events.iter().enumerate() {
-        let time = i64::try_from(e.time).map_err(|_| {
-            (
-                Some(format!("events[{i}].timeUnixNano")),
-                Problem::OutOfRange {
-                    value: e.time as i128,
-                    unit: "ns",
-                },
-            )
-        })?;
-        if e.dropped > 0 {
-            event_extra.push(json!({"index": i, "droppedAttributesCount": e.dropped}));
-        }
+        let time = event_time(i, e.time)?;
+        event_extra.extend(event_dropped(i, e.dropped));
         scratch.events.push(EventRef {
             time,
             name: Cow::Borrowed(e.name),
@@ -663,21 +649,8 @@ fn prepare<'a: 's, 's>(
     scratch.links.clear();
     let mut link_extra = Vec::new();
     for (i, l) in raw.links.iter().enumerate() {
-        let (tid, _) = trace_id_bytes(l.trace_id, false)
-            .map_err(|p| (Some(format!("links[{i}].traceId")), p))?;
-        let sid = span_id_bytes("span id", l.span_id)
-            .map_err(|p| (Some(format!("links[{i}].spanId")), p))?;
-        if l.dropped > 0 || l.flags != 0 {
-            let mut m = Map::new();
-            m.insert("index".into(), i.into());
-            if l.flags != 0 {
-                m.insert("flags".into(), l.flags.into());
-            }
-            if l.dropped > 0 {
-                m.insert("droppedAttributesCount".into(), l.dropped.into());
-            }
-            link_extra.push(Json::Object(m));
-        }
+        let (tid, sid) = link_ids(i, l.trace_id, l.span_id)?;
+        link_extra.extend(link_rare(i, l.dropped, l.flags));
         scratch.links.push(LinkRef {
             trace_id: tid.0,
             span_id: sid.0,

@@ -11,7 +11,7 @@ use crate::error::{DecodeError, Problem};
 use crate::validate::{FieldProblem, micros_to_nanos, parent_id_hex, span_id_hex, trace_id_hex};
 use crate::validate::{Format, check_span_ref};
 use arrow::record_batch::RecordBatch;
-use meshlens_storage::model::{Endpoint, Span, SpanKind, StatusCode, UnixNanos};
+use meshlens_storage::model::{Span, SpanKind, StatusCode, UnixNanos};
 use meshlens_storage::span_builder::{
     AttrList, AttrRef, BatchSizeHint, EndpointRef, EventRef, SpanBatchBuilder, SpanRef,
 };
@@ -146,14 +146,6 @@ fn with_span_ref<R>(
     let duration_nanos = micros_opt(r.duration, "duration")?;
     let local = endpoint_opt(r.local_endpoint.as_ref(), "localEndpoint")?.unwrap_or_default();
     let remote = endpoint_opt(r.remote_endpoint.as_ref(), "remoteEndpoint")?.unwrap_or_default();
-    fn ep(e: &Endpoint) -> EndpointRef<'_> {
-        EndpointRef {
-            service_name: e.service_name.as_deref(),
-            ipv4: e.ipv4.as_deref().map(Cow::Borrowed),
-            ipv6: e.ipv6.as_deref().map(Cow::Borrowed),
-            port: e.port,
-        }
-    }
     let span = SpanRef {
         trace_id: trace_id.0,
         trace_id_64,
@@ -163,8 +155,8 @@ fn with_span_ref<R>(
         kind,
         start,
         duration_nanos,
-        local: ep(&local),
-        remote: ep(&remote),
+        local: EndpointRef::of(&local),
+        remote: EndpointRef::of(&remote),
         shared: r.shared.unwrap_or(false),
         debug: r.debug.unwrap_or(false),
         status_code: StatusCode::Unset,
