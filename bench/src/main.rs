@@ -1,6 +1,7 @@
 //! `meshlens-bench`: the load runs behind docs/BENCHMARKS.md.
 //!
 //!   meshlens-bench ingest --format otlp|zipkin   decode + validate + append (WAL fsync) throughput
+//!   meshlens-bench flush --spans 1000000         CPU time of one flush (sort, gather, Parquet) of N buffered spans
 //!   meshlens-bench lookup --spans 10000000       disk bytes/span, trace-by-id and search latency
 //!   meshlens-bench send --url URL                HTTP load against a running meshlens (RSS runs)
 //!   meshlens-bench metrics-load --url URL        remote-write ingest samples/s (any receiver)
@@ -73,6 +74,16 @@ enum Cmd {
         /// stored batch (what `meshlens serve` does), series written every 15 s.
         #[arg(long)]
         derive: bool,
+    },
+    /// Buffers N Envoy-like spans (as 512-span OTLP requests decode them),
+    /// then times one flush to Parquet; repeated, medians printed.
+    Flush {
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Stores N Envoy-like spans in one hour, then measures disk use, trace-by-id and search.
     Lookup {
@@ -346,6 +357,47 @@ async fn ingest(
     println!(
         "baseline ({what}): {base:.0} spans/s; ratio ingest/baseline = {:.2}",
         rate / base
+    );
+    storage.shutdown().await?;
+    Ok(())
+}
+
+async fn flush(n: usize, runs: usize, dir: PathBuf) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = StorageConfig::new(&dir);
+    cfg.flush_rows = usize::MAX;
+    cfg.flush_age = Duration::from_secs(3600);
+    let storage = Storage::open(cfg, Telemetry::new()).await?;
+    let mut rng = spangen::Rng::new(42);
+    let batches: Vec<_> = (0..n.div_ceil(512))
+        .map(|_| {
+            let s = spans(&mut rng, 512, UnixNanos::now());
+            let body = otlp::request(&s).encode_to_vec();
+            meshlens_ingest::otlp::decode_otlp_proto(&body)
+                .map(|b| b.batch)
+                .expect("decode")
+        })
+        .collect();
+    let mut cpu = Vec::new();
+    let mut wall = Vec::new();
+    for _ in 0..runs {
+        for b in &batches {
+            storage.append_batch(b.clone()).await?;
+        }
+        let (t, c) = (Instant::now(), process_cpu_ns());
+        storage.flush().await?;
+        cpu.push(process_cpu_ns().saturating_sub(c) as f64 / 1e9);
+        wall.push(t.elapsed().as_secs_f64());
+    }
+    cpu.sort_by(f64::total_cmp);
+    wall.sort_by(f64::total_cmp);
+    let rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    println!(
+        "flush of {rows} buffered spans ({} batches): CPU median {:.3} s (runs {cpu:.3?}), wall median {:.3} s; {:.2} us CPU/span",
+        batches.len(),
+        cpu[cpu.len() / 2],
+        wall[wall.len() / 2],
+        cpu[cpu.len() / 2] * 1e6 / rows as f64
     );
     storage.shutdown().await?;
     Ok(())
@@ -658,6 +710,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(ingest(format, seconds, concurrency, batch, dir, derive)),
+        Cmd::Flush { spans, runs, dir } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(flush(spans, runs, dir)),
         Cmd::Sim {
             rate,
             seconds,

@@ -590,12 +590,10 @@ impl Storage {
         };
         let result = async {
             let mut entries = Vec::new();
-            for (partition, sorted) in files::sorted_partitions(&batches, UnixNanos::now().0)? {
-                let id = manifest.next_file_id;
-                let path = files::file_path(partition, id);
-                let (entry, filter) =
-                    files::write_file(self.shared.store.as_ref(), &path, partition, 0, &sorted)
-                        .await?;
+            let encoded =
+                files::encode_files(batches, UnixNanos::now().0, 0, manifest.next_file_id).await?;
+            for file in encoded {
+                let (entry, filter) = files::put_file(self.shared.store.as_ref(), file).await?;
                 self.remember_filter(&entry, filter);
                 entries.push(entry);
                 manifest.next_file_id += 1;
@@ -735,25 +733,26 @@ impl Storage {
             for f in &small {
                 batches.extend(files::read_file(self.shared.store.clone(), f).await?);
             }
-            let batch = arrow::compute::concat_batches(&spans_schema(), &batches)?;
-            let sorted = files::sort_batch(&batch)?;
-            let id = manifest.next_file_id;
-            manifest.next_file_id += 1;
+            // Every row is of this partition's hour (rows without a start
+            // time were put here by a flush, and stay): one file.
             let level = small.iter().map(|f| f.level).max().unwrap_or(0) + 1;
-            let path = files::file_path(partition, id);
-            let (entry, filter) =
-                files::write_file(self.shared.store.as_ref(), &path, partition, level, &sorted)
-                    .await?;
-            self.remember_filter(&entry, filter);
+            let encoded =
+                files::encode_files(batches, partition, level, manifest.next_file_id).await?;
+            let mut written = Vec::new();
+            for file in encoded {
+                manifest.next_file_id += 1;
+                let (entry, filter) = files::put_file(self.shared.store.as_ref(), file).await?;
+                self.remember_filter(&entry, filter);
+                written.push(entry);
+            }
             let removed: Vec<String> = small.iter().map(|f| f.path.clone()).collect();
             tracing::info!(
                 partition,
                 inputs = removed.len(),
-                rows = entry.rows,
+                rows = written.iter().map(|e| e.rows).sum::<u64>(),
                 "compacted"
             );
-            self.replace_files(&mut manifest, &removed, vec![entry])
-                .await?;
+            self.replace_files(&mut manifest, &removed, written).await?;
             merges += 1;
         }
         self.shared

@@ -2,11 +2,11 @@
 
 use crate::error::Result;
 use crate::manifest::FileEntry;
+use crate::scatter::scatter_batch;
 use crate::schema::{SERVICE, START, TRACE_ID, UNIQUE_TAGS, spans_schema};
 use crate::tindex::{TraceFilter, sidecar_path};
-use arrow::array::{Array, AsArray, FixedSizeBinaryArray};
-use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::Int64Type;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -15,7 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 pub const HOUR_NANOS: i64 = 3_600 * 1_000_000_000;
@@ -39,7 +39,23 @@ fn writer_props(rows: usize) -> WriterProperties {
     b.set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(8 * 1024)
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Statistics only where queries prune with them: the trace id
+        // (lookup), start time and duration (search windows, minDuration)
+        // page by page; service, remote service and span name per row
+        // group. The rest (tags, endpoints, maps) would cost a string
+        // comparison per value per column at every flush for ranges that
+        // cover everything: rows are sorted by trace, so every row group
+        // holds every service's tags.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from(TRACE_ID), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from(START), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from("duration_nano"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from(SERVICE), EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(
+            ColumnPath::from("remote_service_name"),
+            EnabledStatistics::Chunk,
+        )
+        .set_column_statistics_enabled(ColumnPath::from("name"), EnabledStatistics::Chunk)
         .set_column_dictionary_enabled(ColumnPath::from(TRACE_ID), false)
         .set_column_encoding(ColumnPath::from(TRACE_ID), Encoding::DELTA_BYTE_ARRAY)
         .set_column_bloom_filter_enabled(ColumnPath::from(TRACE_ID), true)
@@ -59,93 +75,79 @@ fn writer_props(rows: usize) -> WriterProperties {
         .build()
 }
 
-/// Sorts rows by trace id, then start time: a trace is then a few adjacent rows.
-pub fn sort_batch(batch: &RecordBatch) -> Result<RecordBatch> {
-    let cols = [TRACE_ID, START]
-        .iter()
-        .map(|c| {
-            Ok(SortColumn {
-                values: batch.column_by_name(c).cloned().ok_or_else(|| {
-                    arrow::error::ArrowError::SchemaError(format!("no column {c}"))
-                })?,
-                options: Some(SortOptions {
-                    descending: false,
-                    nulls_first: true,
-                }),
-            })
-        })
-        .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
-    let idx = lexsort_to_indices(&cols, None)?;
-    Ok(take_record_batch(batch, &idx)?)
-}
-
-/// The rows of `batches` sorted as [`sort_batch`] sorts them and split by
-/// the hour their span starts in (spans without a start time go to
-/// `fallback`'s hour), each row copied
-/// once: only the two sort-key columns are concatenated, the rows are then
-/// gathered straight from the input batches (`interleave`), instead of
-/// concatenating everything and copying it again in sorted order.
+/// The rows of `batches` in file order, one batch per hour: each span goes
+/// to the hour it starts in (spans without a start time to `fallback`'s
+/// hour), and within the hour rows are sorted by trace id, then start time
+/// (spans without one first), then arrival. A trace is then a few adjacent
+/// rows. Each row is copied once (see [`crate::scatter`]).
 pub fn sorted_partitions(
     batches: &[RecordBatch],
     fallback: i64,
 ) -> Result<Vec<(i64, RecordBatch)>> {
-    let column = |name: &str| -> Result<Vec<&dyn arrow::array::Array>> {
-        batches
-            .iter()
-            .map(|b| {
-                b.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| {
-                    arrow::error::ArrowError::SchemaError(format!("no column {name}")).into()
-                })
-            })
-            .collect()
-    };
-    let trace = arrow::compute::concat(&column(TRACE_ID)?)?;
-    let start = arrow::compute::concat(&column(START)?)?;
-    let options = Some(SortOptions {
-        descending: false,
-        nulls_first: true,
-    });
-    let idx = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: trace,
-                options,
-            },
-            SortColumn {
-                values: start.clone(),
-                options,
-            },
-        ],
-        None,
-    )?;
-    // Global row number -> (batch, row in batch).
-    let mut first_row = Vec::with_capacity(batches.len() + 1);
-    let mut n = 0usize;
-    for b in batches {
-        first_row.push(n);
-        n += b.num_rows();
+    let (pos, parts) = sort_positions(batches, fallback)?;
+    if parts.is_empty() {
+        return Ok(Vec::new());
     }
-    first_row.push(n);
-    let start = start.as_primitive::<Int64Type>();
-    let mut groups: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
-    for &i in idx.values() {
-        let i = i as usize;
-        let t = if start.is_null(i) {
-            fallback
-        } else {
-            start.value(i)
-        };
-        let b = first_row.partition_point(|&f| f <= i) - 1;
-        groups
-            .entry(t.div_euclid(HOUR_NANOS) * HOUR_NANOS)
-            .or_default()
-            .push((b, i - first_row[b]));
-    }
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    groups
+    let sorted = scatter_batch(batches, &pos)?;
+    Ok(parts
         .into_iter()
-        .map(|(k, rows)| Ok((k, arrow::compute::interleave_record_batch(&refs, &rows)?)))
-        .collect()
+        .map(|(hour, range)| (hour, sorted.slice(range.start, range.len())))
+        .collect())
+}
+
+/// Where each row goes in [`sorted_partitions`]' order (`pos[batch][row]`),
+/// and each hour's range of that order.
+fn sort_positions(
+    batches: &[RecordBatch],
+    fallback: i64,
+) -> Result<(Vec<Vec<u32>>, Vec<(i64, std::ops::Range<usize>)>)> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Key {
+        hour: i64,
+        trace: u128,
+        start: Option<i64>,
+        batch: u32,
+        row: u32,
+    }
+    let schema_err = |what: &str| arrow::error::ArrowError::SchemaError(what.to_string());
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if u32::try_from(total).is_err() || u32::try_from(batches.len()).is_err() {
+        return Err(schema_err("too many rows to sort at once").into());
+    }
+    let mut keys = Vec::with_capacity(total);
+    for (b, batch) in batches.iter().enumerate() {
+        let ids = batch
+            .column_by_name(TRACE_ID)
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .filter(|c| c.value_length() == 16)
+            .ok_or_else(|| schema_err("trace_id is not a 16-byte column"))?;
+        let start = batch
+            .column_by_name(START)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| schema_err("no start time column"))?;
+        for r in 0..batch.num_rows() {
+            let start = start.is_valid(r).then(|| start.value(r));
+            let id: [u8; 16] = ids.value(r).try_into().unwrap_or_default();
+            keys.push(Key {
+                hour: start.unwrap_or(fallback).div_euclid(HOUR_NANOS) * HOUR_NANOS,
+                trace: u128::from_be_bytes(id),
+                start,
+                batch: b as u32,
+                row: r as u32,
+            });
+        }
+    }
+    keys.sort_unstable();
+    let mut pos: Vec<Vec<u32>> = batches.iter().map(|b| vec![0; b.num_rows()]).collect();
+    let mut parts: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        pos[k.batch as usize][k.row as usize] = i as u32;
+        match parts.last_mut() {
+            Some((hour, range)) if *hour == k.hour => range.end = i + 1,
+            _ => parts.push((k.hour, i..i + 1)),
+        }
+    }
+    Ok((pos, parts))
 }
 
 /// `spans/2026-11-25T21/00000000000000000042.parquet`
@@ -171,104 +173,192 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Writes one sorted batch as a Parquet file (and its trace-id filter
-/// beside it) and describes it for the manifest.
-pub async fn write_file(
-    store: &dyn ObjectStore,
+/// A span file, encoded: the Parquet bytes, its manifest entry and its
+/// trace-id filter.
+pub struct EncodedFile {
+    pub bytes: Vec<u8>,
+    pub entry: FileEntry,
+    pub filter: Option<TraceFilter>,
+}
+
+/// Encodes one sorted batch (from [`sorted_partitions`]) as a Parquet file
+/// and describes it for the manifest. CPU-bound: callers on an async
+/// runtime run it on the blocking pool.
+pub fn encode_file(
+    batch: &RecordBatch,
     path: &str,
     partition: i64,
     level: u32,
-    batch: &RecordBatch,
-) -> Result<(FileEntry, Option<TraceFilter>)> {
+) -> Result<EncodedFile> {
     let rows = batch.num_rows();
-    let mut buf = Vec::with_capacity(rows * 64);
+    let mut buf = Vec::with_capacity(rows * 32);
     {
         let mut w = ArrowWriter::try_new(&mut buf, spans_schema(), Some(writer_props(rows)))?;
         w.write(batch)?;
         w.close()?;
     }
-    let bytes = buf.len() as u64;
-    let entry = describe(batch, path, partition, level, bytes)?;
+    let mut about = Describe::new();
+    about.add(batch)?;
+    let entry = about.finish(path, partition, level, rows as u64, buf.len() as u64);
     let filter = batch
         .column_by_name(TRACE_ID)
-        .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+        .and_then(|c| c.as_fixed_size_binary_opt())
         .and_then(|ids| TraceFilter::build(ids.iter().flatten()));
-    if let Some(f) = &filter {
-        store
-            .put(&ObjectPath::from(sidecar_path(path)), f.encode().into())
-            .await?;
-    }
-    store.put(&ObjectPath::from(path), buf.into()).await?;
-    Ok((entry, filter))
+    Ok(EncodedFile {
+        bytes: buf,
+        entry,
+        filter,
+    })
 }
 
-fn describe(
-    batch: &RecordBatch,
-    path: &str,
-    partition: i64,
+/// Stores an encoded file (its trace-id filter first, beside it).
+pub async fn put_file(
+    store: &dyn ObjectStore,
+    file: EncodedFile,
+) -> Result<(FileEntry, Option<TraceFilter>)> {
+    if let Some(f) = &file.filter {
+        store
+            .put(
+                &ObjectPath::from(sidecar_path(&file.entry.path)),
+                f.encode().into(),
+            )
+            .await?;
+    }
+    store
+        .put(
+            &ObjectPath::from(file.entry.path.as_str()),
+            file.bytes.into(),
+        )
+        .await?;
+    Ok((file.entry, file.filter))
+}
+
+/// Sorts `batches` into hours ([`sorted_partitions`]) and encodes one file
+/// per hour, numbered from `first_id`, on the blocking pool (seconds of CPU
+/// for a million spans: not on an async worker).
+pub async fn encode_files(
+    batches: Vec<RecordBatch>,
+    fallback: i64,
     level: u32,
-    bytes: u64,
-) -> Result<FileEntry> {
-    let start = batch
-        .column_by_name(START)
-        .map(|c| c.as_primitive::<Int64Type>());
-    let dur = batch
-        .column_by_name("duration_nano")
-        .map(|c| c.as_primitive::<Int64Type>());
-    let (mut min_time, mut max_time, mut max_end) = (i64::MAX, i64::MIN, i64::MIN);
-    if let Some(start) = start {
-        for i in 0..start.len() {
-            if start.is_null(i) {
-                continue;
-            }
-            let s = start.value(i);
-            let d = dur.filter(|d| !d.is_null(i)).map_or(0, |d| d.value(i));
-            min_time = min_time.min(s);
-            max_time = max_time.max(s);
-            max_end = max_end.max(s.saturating_add(d));
-        }
-    }
-    if min_time == i64::MAX {
-        (min_time, max_time, max_end) = (partition, partition, partition);
-    }
-    let mut services = BTreeSet::new();
-    if let Some(c) = batch.column_by_name(SERVICE) {
-        let s = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
-        let s = s.as_string::<i32>();
-        for v in s.iter().flatten() {
-            if !services.contains(v) {
-                services.insert(v.to_string());
-            }
-        }
-    }
-    let ids = batch
-        .column_by_name(TRACE_ID)
-        .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>());
-    let (min_id, max_id) = match ids {
-        Some(ids) if !ids.is_empty() => {
-            let mut lo = ids.value(0);
-            let mut hi = ids.value(0);
-            for v in ids.iter().flatten() {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-            (hex::encode(lo), hex::encode(hi))
-        }
-        _ => (String::new(), String::new()),
-    };
-    Ok(FileEntry {
-        path: path.to_string(),
-        partition,
-        min_time,
-        max_time,
-        max_end_time: max_end,
-        rows: batch.num_rows() as u64,
-        bytes,
-        services: services.into_iter().collect(),
-        min_trace_id: min_id,
-        max_trace_id: max_id,
-        level,
+    first_id: u64,
+) -> Result<Vec<EncodedFile>> {
+    tokio::task::spawn_blocking(move || {
+        sorted_partitions(&batches, fallback)?
+            .into_iter()
+            .zip(first_id..)
+            .map(|((partition, batch), id)| {
+                encode_file(&batch, &file_path(partition, id), partition, level)
+            })
+            .collect()
     })
+    .await
+    .map_err(|e| crate::error::StorageError::Corrupt {
+        what: "flush",
+        detail: format!("the file encoder stopped: {e}"),
+    })?
+}
+
+/// What a file's manifest entry says about its rows, gathered a batch at a time.
+struct Describe {
+    min_time: i64,
+    max_time: i64,
+    max_end: i64,
+    services: BTreeSet<String>,
+    ids: Option<([u8; 16], [u8; 16])>,
+}
+
+impl Describe {
+    fn new() -> Self {
+        Describe {
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            max_end: i64::MIN,
+            services: BTreeSet::new(),
+            ids: None,
+        }
+    }
+
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        if let (Some(start), Some(dur)) = (
+            batch
+                .column_by_name(START)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            batch
+                .column_by_name("duration_nano")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        ) {
+            for i in 0..start.len() {
+                if start.is_null(i) {
+                    continue;
+                }
+                let s = start.value(i);
+                let d = if dur.is_null(i) { 0 } else { dur.value(i) };
+                self.min_time = self.min_time.min(s);
+                self.max_time = self.max_time.max(s);
+                self.max_end = self.max_end.max(s.saturating_add(d));
+            }
+        }
+        if let Some(c) = batch.column_by_name(SERVICE) {
+            // The values some row uses (a gathered dictionary may hold more).
+            let d = c.as_dictionary_opt::<Int32Type>().ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError("service_name is not a dictionary".into())
+            })?;
+            let values = d.values().as_string_opt::<i32>().ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError("service_name values are not strings".into())
+            })?;
+            let mut used = vec![false; values.len()];
+            for k in d.keys().iter().flatten() {
+                if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
+                    *u = true;
+                }
+            }
+            for (i, u) in used.into_iter().enumerate() {
+                if u && values.is_valid(i) && !self.services.contains(values.value(i)) {
+                    self.services.insert(values.value(i).to_string());
+                }
+            }
+        }
+        if let Some(ids) = batch
+            .column_by_name(TRACE_ID)
+            .and_then(|c| c.as_fixed_size_binary_opt())
+        {
+            for v in ids.iter().flatten() {
+                let Ok(v) = <[u8; 16]>::try_from(v) else {
+                    continue;
+                };
+                self.ids = Some(match self.ids {
+                    None => (v, v),
+                    Some((lo, hi)) => (lo.min(v), hi.max(v)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, path: &str, partition: i64, level: u32, rows: u64, bytes: u64) -> FileEntry {
+        let (min_time, max_time, max_end) = if self.min_time == i64::MAX {
+            (partition, partition, partition)
+        } else {
+            (self.min_time, self.max_time, self.max_end)
+        };
+        let (min_trace_id, max_trace_id) =
+            self.ids.map_or((String::new(), String::new()), |(lo, hi)| {
+                (hex::encode(lo), hex::encode(hi))
+            });
+        FileEntry {
+            path: path.to_string(),
+            partition,
+            min_time,
+            max_time,
+            max_end_time: max_end,
+            rows,
+            bytes,
+            services: self.services.into_iter().collect(),
+            min_trace_id,
+            max_trace_id,
+            level,
+        }
+    }
 }
 
 /// Reads a whole file back (compaction).

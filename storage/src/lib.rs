@@ -22,6 +22,7 @@ mod files;
 mod lookup;
 mod lru;
 mod manifest;
+pub mod scatter;
 mod table;
 mod tindex;
 mod wal;
