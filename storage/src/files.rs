@@ -95,12 +95,12 @@ pub fn sorted_partitions(
         .collect())
 }
 
+/// Each hour's range of rows in [`sorted_partitions`]' order.
+type HourRanges = Vec<(i64, std::ops::Range<usize>)>;
+
 /// Where each row goes in [`sorted_partitions`]' order (`pos[batch][row]`),
 /// and each hour's range of that order.
-fn sort_positions(
-    batches: &[RecordBatch],
-    fallback: i64,
-) -> Result<(Vec<Vec<u32>>, Vec<(i64, std::ops::Range<usize>)>)> {
+fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32>>, HourRanges)> {
     #[derive(PartialEq, Eq, PartialOrd, Ord)]
     struct Key {
         hour: i64,
@@ -139,7 +139,7 @@ fn sort_positions(
     }
     keys.sort_unstable();
     let mut pos: Vec<Vec<u32>> = batches.iter().map(|b| vec![0; b.num_rows()]).collect();
-    let mut parts: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+    let mut parts: HourRanges = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         pos[k.batch as usize][k.row as usize] = i as u32;
         match parts.last_mut() {

@@ -351,15 +351,17 @@ fn structs(arrays: &[&dyn Array], pos: &Positions, n: usize) -> Result<ArrayRef,
     )?))
 }
 
+/// Output offsets, child arrays (each input's referenced entries), child positions.
+type Children = (OffsetBuffer<i32>, Vec<ArrayRef>, Vec<Vec<u32>>);
+
 /// The child entries of list-like inputs and their positions: each row's
 /// entries go, in their order, where the row's entries start in the output.
-/// Returns (output offsets, child arrays, child positions).
 fn child_positions(
     offsets: &[&[i32]],
     children: &[ArrayRef],
     pos: &Positions,
     n: usize,
-) -> Result<(OffsetBuffer<i32>, Vec<ArrayRef>, Vec<Vec<u32>>), ArrowError> {
+) -> Result<Children, ArrowError> {
     let mut lens = vec![0usize; n];
     for (o, p) in offsets.iter().zip(pos) {
         for (w, &p) in o.windows(2).zip(p) {
