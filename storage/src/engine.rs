@@ -592,12 +592,7 @@ impl Storage {
             let mut entries = Vec::new();
             let encoded =
                 files::encode_files(batches, UnixNanos::now().0, 0, manifest.next_file_id).await?;
-            for file in encoded {
-                let (entry, filter) = files::put_file(self.shared.store.as_ref(), file).await?;
-                self.remember_filter(&entry, filter);
-                entries.push(entry);
-                manifest.next_file_id += 1;
-            }
+            self.put_files(&mut manifest, encoded, &mut entries).await?;
             let mut next = manifest.clone();
             next.files.extend(entries);
             next.flushed_seq = last_seq;
@@ -625,6 +620,24 @@ impl Storage {
             started.elapsed().as_secs_f64(),
         );
         self.publish_gauges();
+        Ok(())
+    }
+
+    /// Stores files from [`files::encode_files`] (numbered from the
+    /// manifest's next id), remembers their trace-id filters and adds their
+    /// entries to `out`; the manifest's next id moves past each stored file.
+    async fn put_files(
+        &self,
+        manifest: &mut Manifest,
+        encoded: Vec<files::EncodedFile>,
+        out: &mut Vec<FileEntry>,
+    ) -> Result<()> {
+        for file in encoded {
+            let (entry, filter) = files::put_file(self.shared.store.as_ref(), file).await?;
+            self.remember_filter(&entry, filter);
+            out.push(entry);
+            manifest.next_file_id += 1;
+        }
         Ok(())
     }
 
@@ -739,12 +752,7 @@ impl Storage {
             let encoded =
                 files::encode_files(batches, partition, level, manifest.next_file_id).await?;
             let mut written = Vec::new();
-            for file in encoded {
-                manifest.next_file_id += 1;
-                let (entry, filter) = files::put_file(self.shared.store.as_ref(), file).await?;
-                self.remember_filter(&entry, filter);
-                written.push(entry);
-            }
+            self.put_files(&mut manifest, encoded, &mut written).await?;
             let removed: Vec<String> = small.iter().map(|f| f.path.clone()).collect();
             tracing::info!(
                 partition,

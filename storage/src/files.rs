@@ -197,9 +197,7 @@ pub fn encode_file(
         w.write(batch)?;
         w.close()?;
     }
-    let mut about = Describe::new();
-    about.add(batch)?;
-    let entry = about.finish(path, partition, level, rows as u64, buf.len() as u64);
+    let entry = describe(batch, path, partition, level, buf.len() as u64)?;
     let filter = batch
         .column_by_name(TRACE_ID)
         .and_then(|c| c.as_fixed_size_binary_opt())
@@ -258,107 +256,91 @@ pub async fn encode_files(
     })?
 }
 
-/// What a file's manifest entry says about its rows, gathered a batch at a time.
-struct Describe {
-    min_time: i64,
-    max_time: i64,
-    max_end: i64,
-    services: BTreeSet<String>,
-    ids: Option<([u8; 16], [u8; 16])>,
-}
-
-impl Describe {
-    fn new() -> Self {
-        Describe {
-            min_time: i64::MAX,
-            max_time: i64::MIN,
-            max_end: i64::MIN,
-            services: BTreeSet::new(),
-            ids: None,
+/// What a file's manifest entry says about its rows.
+fn describe(
+    batch: &RecordBatch,
+    path: &str,
+    partition: i64,
+    level: u32,
+    bytes: u64,
+) -> Result<FileEntry> {
+    let (mut min_time, mut max_time, mut max_end) = (i64::MAX, i64::MIN, i64::MIN);
+    let mut services = BTreeSet::new();
+    let mut id_range: Option<([u8; 16], [u8; 16])> = None;
+    let rows = batch.num_rows() as u64;
+    if let (Some(start), Some(dur)) = (
+        batch
+            .column_by_name(START)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        batch
+            .column_by_name("duration_nano")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+    ) {
+        for i in 0..start.len() {
+            if start.is_null(i) {
+                continue;
+            }
+            let s = start.value(i);
+            let d = if dur.is_null(i) { 0 } else { dur.value(i) };
+            min_time = min_time.min(s);
+            max_time = max_time.max(s);
+            max_end = max_end.max(s.saturating_add(d));
         }
     }
-
-    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        if let (Some(start), Some(dur)) = (
-            batch
-                .column_by_name(START)
-                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
-            batch
-                .column_by_name("duration_nano")
-                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
-        ) {
-            for i in 0..start.len() {
-                if start.is_null(i) {
-                    continue;
-                }
-                let s = start.value(i);
-                let d = if dur.is_null(i) { 0 } else { dur.value(i) };
-                self.min_time = self.min_time.min(s);
-                self.max_time = self.max_time.max(s);
-                self.max_end = self.max_end.max(s.saturating_add(d));
+    if let Some(c) = batch.column_by_name(SERVICE) {
+        // The values some row uses (a merged dictionary may hold more).
+        let d = c.as_dictionary_opt::<Int32Type>().ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError("service_name is not a dictionary".into())
+        })?;
+        let values = d.values().as_string_opt::<i32>().ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError("service_name values are not strings".into())
+        })?;
+        let mut used = vec![false; values.len()];
+        for k in d.keys().iter().flatten() {
+            if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
+                *u = true;
             }
         }
-        if let Some(c) = batch.column_by_name(SERVICE) {
-            // The values some row uses (a gathered dictionary may hold more).
-            let d = c.as_dictionary_opt::<Int32Type>().ok_or_else(|| {
-                arrow::error::ArrowError::SchemaError("service_name is not a dictionary".into())
-            })?;
-            let values = d.values().as_string_opt::<i32>().ok_or_else(|| {
-                arrow::error::ArrowError::SchemaError("service_name values are not strings".into())
-            })?;
-            let mut used = vec![false; values.len()];
-            for k in d.keys().iter().flatten() {
-                if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
-                    *u = true;
-                }
-            }
-            for (i, u) in used.into_iter().enumerate() {
-                if u && values.is_valid(i) && !self.services.contains(values.value(i)) {
-                    self.services.insert(values.value(i).to_string());
-                }
+        for (i, u) in used.into_iter().enumerate() {
+            if u && values.is_valid(i) && !services.contains(values.value(i)) {
+                services.insert(values.value(i).to_string());
             }
         }
-        if let Some(ids) = batch
-            .column_by_name(TRACE_ID)
-            .and_then(|c| c.as_fixed_size_binary_opt())
-        {
-            for v in ids.iter().flatten() {
-                let Ok(v) = <[u8; 16]>::try_from(v) else {
-                    continue;
-                };
-                self.ids = Some(match self.ids {
-                    None => (v, v),
-                    Some((lo, hi)) => (lo.min(v), hi.max(v)),
-                });
-            }
-        }
-        Ok(())
     }
-
-    fn finish(self, path: &str, partition: i64, level: u32, rows: u64, bytes: u64) -> FileEntry {
-        let (min_time, max_time, max_end) = if self.min_time == i64::MAX {
-            (partition, partition, partition)
-        } else {
-            (self.min_time, self.max_time, self.max_end)
-        };
-        let (min_trace_id, max_trace_id) =
-            self.ids.map_or((String::new(), String::new()), |(lo, hi)| {
-                (hex::encode(lo), hex::encode(hi))
+    if let Some(ids) = batch
+        .column_by_name(TRACE_ID)
+        .and_then(|c| c.as_fixed_size_binary_opt())
+    {
+        for v in ids.iter().flatten() {
+            let Ok(v) = <[u8; 16]>::try_from(v) else {
+                continue;
+            };
+            id_range = Some(match id_range {
+                None => (v, v),
+                Some((lo, hi)) => (lo.min(v), hi.max(v)),
             });
-        FileEntry {
-            path: path.to_string(),
-            partition,
-            min_time,
-            max_time,
-            max_end_time: max_end,
-            rows,
-            bytes,
-            services: self.services.into_iter().collect(),
-            min_trace_id,
-            max_trace_id,
-            level,
         }
     }
+    if min_time == i64::MAX {
+        (min_time, max_time, max_end) = (partition, partition, partition);
+    }
+    let (min_trace_id, max_trace_id) = id_range
+        .map_or((String::new(), String::new()), |(lo, hi)| {
+            (hex::encode(lo), hex::encode(hi))
+        });
+    Ok(FileEntry {
+        path: path.to_string(),
+        partition,
+        min_time,
+        max_time,
+        max_end_time: max_end,
+        rows,
+        bytes,
+        services: services.into_iter().collect(),
+        min_trace_id,
+        max_trace_id,
+        level,
+    })
 }
 
 /// Reads a whole file back (compaction).
