@@ -1,6 +1,7 @@
 //! `meshlens-bench`: the load runs behind docs/BENCHMARKS.md.
 //!
 //!   meshlens-bench ingest --format otlp|zipkin   decode + validate + append (WAL fsync) throughput
+//!   meshlens-bench decode --format otlp          decode alone vs a bare prost decode, interleaved slices
 //!   meshlens-bench flush --spans 1000000         CPU time of one flush (sort, gather, Parquet) of N buffered spans
 //!   meshlens-bench lookup --spans 10000000       disk bytes/span, trace-by-id and search latency
 //!   meshlens-bench send --url URL                HTTP load against a running meshlens (RSS runs)
@@ -77,6 +78,21 @@ enum Cmd {
     },
     /// Buffers N Envoy-like spans (as 512-span OTLP requests decode them),
     /// then times one flush to Parquet; repeated, medians printed.
+    /// Decode alone (no WAL, no flush) against a bare prost decode of the
+    /// same payloads, in alternating slices so that both see the same
+    /// machine; `--keep N` holds the last N batches, as the memtable does.
+    Decode {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        keep: usize,
+        /// Decode this many requests with our decoder alone, untimed (for
+        /// instruction counts under valgrind), instead of the timed run.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     Flush {
         #[arg(long, default_value_t = 1_000_000)]
         spans: usize,
@@ -359,6 +375,72 @@ async fn ingest(
         rate / base
     );
     storage.shutdown().await?;
+    Ok(())
+}
+
+fn decode(seconds: u64, batch: usize, keep: usize, count: Option<usize>) -> anyhow::Result<()> {
+    let mut rng = spangen::Rng::new(42);
+    let payloads: Vec<Vec<u8>> = (0..64)
+        .map(|_| otlp::request(&spans(&mut rng, batch, UnixNanos::now())).encode_to_vec())
+        .collect();
+    if let Some(count) = count {
+        let mut spans = 0;
+        for i in 0..count {
+            spans += meshlens_ingest::otlp::decode_otlp_proto(&payloads[i % payloads.len()])?
+                .batch
+                .num_rows();
+        }
+        println!("decoded {count} requests, {spans} spans");
+        return Ok(());
+    }
+    let mut kept = std::collections::VecDeque::with_capacity(keep + 1);
+    // Per slice pair: (ours spans/s, prost spans/s).
+    let mut pairs = Vec::new();
+    let slice = Duration::from_millis(500);
+    let started = Instant::now();
+    let mut i = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let mut rates = [0f64; 2];
+        for (which, rate) in rates.iter_mut().enumerate() {
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < slice {
+                let p = &payloads[i % payloads.len()];
+                i += 1;
+                if which == 0 {
+                    let b = meshlens_ingest::otlp::decode_otlp_proto(p)?.batch;
+                    n += b.num_rows() as u64;
+                    if keep > 0 {
+                        kept.push_back(b);
+                        if kept.len() > keep {
+                            kept.pop_front();
+                        }
+                    }
+                } else {
+                    let r = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(p.as_slice())?;
+                    n += r
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .map(|s| s.spans.len() as u64)
+                        .sum::<u64>();
+                }
+            }
+            *rate = n as f64 / t.elapsed().as_secs_f64();
+        }
+        pairs.push((rates[0], rates[1]));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "decode ({} slice pairs of {slice:?}, keep={keep}): ours {:.0} spans/s, bare prost {:.0} spans/s; median per-pair ratio {:.3}",
+        pairs.len(),
+        median(pairs.iter().map(|p| p.0).collect()),
+        median(pairs.iter().map(|p| p.1).collect()),
+        median(pairs.iter().map(|p| p.0 / p.1).collect()),
+    );
     Ok(())
 }
 
@@ -710,6 +792,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(ingest(format, seconds, concurrency, batch, dir, derive)),
+        Cmd::Decode {
+            seconds,
+            batch,
+            keep,
+            count,
+        } => decode(seconds, batch, keep, count),
         Cmd::Flush { spans, runs, dir } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

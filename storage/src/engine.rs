@@ -792,16 +792,16 @@ impl Storage {
 }
 
 fn wal_loop(mut wal: Wal, shared: Arc<Shared>, rx: mpsc::Receiver<WalCmd>) {
-    let mut frames = Vec::new();
+    let mut frames = wal::Frames::default();
     let mut appends: Vec<(RecordBatch, oneshot::Sender<Result<()>>)> = Vec::new();
     let commit = |wal: &mut Wal,
-                  frames: &mut Vec<u8>,
+                  frames: &mut wal::Frames,
                   appends: &mut Vec<(RecordBatch, oneshot::Sender<Result<()>>)>| {
         if appends.is_empty() {
             return;
         }
         let started = Instant::now();
-        let res = wal.write_synced(frames);
+        let res = wal.write_frames_synced(frames);
         shared.telemetry.observe(
             "meshlens_wal_fsync_seconds",
             &[],
@@ -872,7 +872,7 @@ fn wal_loop(mut wal: Wal, shared: Arc<Shared>, rx: mpsc::Receiver<WalCmd>) {
                         }));
                         continue;
                     }
-                    wal::encode_frame(seq, &payload, &mut frames);
+                    frames.push(seq, payload);
                     appends.push((batch, reply));
                 }
                 WalCmd::Rotate { reply } => {

@@ -7,7 +7,7 @@
 //! and the rest of that segment skipped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"MLW1";
@@ -58,14 +58,48 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-pub fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// The header of the frame of record `seq` holding `payload`.
+fn frame_header(seq: u64, payload: &[u8]) -> [u8; HEADER] {
     let mut crc = crc32c::crc32c(&seq.to_le_bytes());
     crc = crc32c::crc32c_append(crc, payload);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(MAGIC);
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&crc.to_le_bytes());
+    h[12..20].copy_from_slice(&seq.to_le_bytes());
+    h
+}
+
+/// One frame as bytes, as [`Wal::write_frames_synced`] writes it (tests).
+#[cfg(test)]
+fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&frame_header(seq, payload));
     out.extend_from_slice(payload);
+}
+
+/// Records waiting for one grouped write: each payload stays where its
+/// producer put it and goes to the file by `writev`, not copied into one
+/// buffer first (that copy was ~2 % of OTLP ingest).
+#[derive(Default)]
+pub struct Frames {
+    headers: Vec<[u8; HEADER]>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl Frames {
+    /// Frames `payload` as record `seq`.
+    pub fn push(&mut self, seq: u64, payload: Vec<u8>) {
+        self.headers.push(frame_header(seq, &payload));
+        self.payloads.push(payload);
+    }
+    pub fn clear(&mut self) {
+        self.headers.clear();
+        self.payloads.clear();
+    }
+    /// Bytes the frames take on disk.
+    pub fn len_bytes(&self) -> usize {
+        self.payloads.iter().map(|p| HEADER + p.len()).sum()
+    }
 }
 
 /// Parses frames from `buf`; returns the records and the offset of the first
@@ -150,7 +184,35 @@ impl Wal {
     }
 
     /// Writes already-framed bytes and fsyncs them.
-    pub fn write_synced(&mut self, frames: &[u8]) -> io::Result<()> {
+    /// Appends `frames` (one `writev` per up to IOV_MAX slices) and fsyncs.
+    pub fn write_frames_synced(&mut self, frames: &Frames) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.headers.len());
+        for (h, p) in frames.headers.iter().zip(&frames.payloads) {
+            slices.push(IoSlice::new(h));
+            slices.push(IoSlice::new(p));
+        }
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match self.current.write_vectored(left) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the WAL segment took no bytes",
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.current.sync_data()?;
+        self.current_bytes += frames.len_bytes() as u64;
+        Ok(())
+    }
+
+    /// Appends raw bytes and fsyncs (tests: torn and hand-made frames).
+    #[cfg(test)]
+    fn write_synced(&mut self, frames: &[u8]) -> io::Result<()> {
         self.current.write_all(frames)?;
         self.current.sync_data()?;
         self.current_bytes += frames.len() as u64;
@@ -246,6 +308,39 @@ mod tests {
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![1, 2, 3]
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn grouped_frames_are_written_as_encode_frame_writes_them() {
+        // More slices than one writev takes (IOV_MAX is 1024): the loop
+        // must carry on where the kernel stopped.
+        let dir = tmp("frames");
+        let payloads: Vec<Vec<u8>> = (0..1500u32)
+            .map(|i| (0..(i % 300)).map(|b| (b ^ i) as u8).collect())
+            .collect();
+        let mut want = Vec::new();
+        {
+            let (mut wal, _, _) = Wal::open(&dir).expect("open");
+            let mut frames = Frames::default();
+            for (i, p) in payloads.iter().enumerate() {
+                frames.push(i as u64 + 1, p.clone());
+                encode_frame(i as u64 + 1, p, &mut want);
+            }
+            assert_eq!(frames.len_bytes(), want.len());
+            wal.write_frames_synced(&frames).expect("write");
+            assert_eq!(wal.total_bytes(), want.len() as u64);
+            frames.clear();
+            assert_eq!(frames.len_bytes(), 0);
+        }
+        let on_disk = fs::read(segment_path(&dir, 1)).expect("segment");
+        assert_eq!(on_disk, want);
+        let (_, recs, report) = Wal::open(&dir).expect("reopen");
+        assert_eq!(report.torn_tail_bytes, 0);
+        assert_eq!(recs.len(), payloads.len());
+        for (i, (r, p)) in recs.iter().zip(&payloads).enumerate() {
+            assert_eq!((r.seq, &r.payload), (i as u64 + 1, p));
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

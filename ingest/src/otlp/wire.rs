@@ -244,7 +244,7 @@ fn key_value<'a>(mut c: Cursor<'a>, budget: u32) -> WireResult<(&'a str, Any<'a>
 fn lone_string(m: Cursor<'_>) -> Option<&str> {
     let b = &m.buf[m.pos..m.end];
     if b.len() >= 2 && b[0] == 0x0a && usize::from(b[1]) == b.len() - 2 && b[1] < 0x80 {
-        simdutf8::basic::from_utf8(&b[2..]).ok()
+        crate::protowire::utf8(&b[2..])
     } else {
         None
     }

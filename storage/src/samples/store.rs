@@ -1695,15 +1695,15 @@ fn push_head(h: &mut Head, ord: u32, samples: &[Sample]) {
 }
 
 fn wal_loop(mut wal: Wal, inner: Arc<Inner>, rx: mpsc::Receiver<WalCmd>) {
-    let mut frames = Vec::new();
+    let mut frames = wal::Frames::default();
     let mut pending: Vec<(Accepted, oneshot::Sender<Result<()>>)> = Vec::new();
     let commit = |wal: &mut Wal,
-                  frames: &mut Vec<u8>,
+                  frames: &mut wal::Frames,
                   pending: &mut Vec<(Accepted, oneshot::Sender<Result<()>>)>| {
         if pending.is_empty() {
             return;
         }
-        let res = wal.write_synced(frames);
+        let res = wal.write_frames_synced(frames);
         inner.wal_bytes.store(wal.total_bytes(), Ordering::Relaxed);
         frames.clear();
         match res {
@@ -1764,7 +1764,7 @@ fn wal_loop(mut wal: Wal, inner: Arc<Inner>, rx: mpsc::Receiver<WalCmd>) {
                         h.next_seq += 1;
                         s
                     };
-                    wal::encode_frame(seq, &payload, &mut frames);
+                    frames.push(seq, payload);
                     pending.push((accepted, reply));
                 }
                 WalCmd::Rotate { reply } => {
