@@ -75,6 +75,14 @@ enum Cmd {
         /// stored batch (what `meshlens serve` does), series written every 15 s.
         #[arg(long)]
         derive: bool,
+        /// Pin the ingest path (the runtime's thread and the WAL thread it
+        /// starts) to `--core` and the flush (tokio's blocking pool, where
+        /// sorting and Parquet encoding run) to this core. Without it the
+        /// whole process runs where `taskset` puts it.
+        #[arg(long)]
+        flush_core: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        core: usize,
     },
     /// Buffers N Envoy-like spans (as 512-span OTLP requests decode them),
     /// then times one flush to Parquet; repeated, medians printed.
@@ -376,6 +384,15 @@ async fn ingest(
     );
     storage.shutdown().await?;
     Ok(())
+}
+
+/// Pins the calling thread (and threads it starts later) to `core`.
+fn pin_to(core: usize) -> anyhow::Result<()> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        Ok(())
+    } else {
+        anyhow::bail!("could not pin a thread to core {core}")
+    }
 }
 
 fn decode(seconds: u64, batch: usize, keep: usize, count: Option<usize>) -> anyhow::Result<()> {
@@ -788,10 +805,23 @@ fn main() -> anyhow::Result<()> {
             batch,
             dir,
             derive,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(ingest(format, seconds, concurrency, batch, dir, derive)),
+            flush_core,
+            core,
+        } => {
+            let mut rt = tokio::runtime::Builder::new_current_thread();
+            rt.enable_all();
+            if let Some(flush_core) = flush_core {
+                pin_to(core)?;
+                rt.on_thread_start(move || {
+                    if let Err(e) = pin_to(flush_core) {
+                        eprintln!("{e}");
+                    }
+                });
+                println!("ingest path on core {core}, flush on core {flush_core}");
+            }
+            rt.build()?
+                .block_on(ingest(format, seconds, concurrency, batch, dir, derive))
+        }
         Cmd::Decode {
             seconds,
             batch,
