@@ -1,7 +1,7 @@
 //! `meshlens-bench`: the load runs behind docs/BENCHMARKS.md.
 //!
 //!   meshlens-bench ingest --format otlp|zipkin   decode + validate + append (WAL fsync) throughput
-//!   meshlens-bench decode --format otlp          decode alone vs a bare prost decode, interleaved slices
+//!   meshlens-bench decode --keep 2000            OTLP decode alone vs a bare prost decode, interleaved slices
 //!   meshlens-bench flush --spans 1000000         CPU time of one flush (sort, gather, Parquet) of N buffered spans
 //!   meshlens-bench lookup --spans 10000000       disk bytes/span, trace-by-id and search latency
 //!   meshlens-bench send --url URL                HTTP load against a running meshlens (RSS runs)
@@ -84,8 +84,6 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         core: usize,
     },
-    /// Buffers N Envoy-like spans (as 512-span OTLP requests decode them),
-    /// then times one flush to Parquet; repeated, medians printed.
     /// Decode alone (no WAL, no flush) against a bare prost decode of the
     /// same payloads, in alternating slices so that both see the same
     /// machine; `--keep N` holds the last N batches, as the memtable does.
@@ -101,6 +99,8 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Buffers N Envoy-like spans (as 512-span OTLP requests decode them),
+    /// then times one flush to Parquet; repeated, medians printed.
     Flush {
         #[arg(long, default_value_t = 1_000_000)]
         spans: usize,
@@ -270,18 +270,7 @@ async fn ingest(
         d.spawn(storage.samples().clone());
         d
     });
-    let mut rng = spangen::Rng::new(42);
-    let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..64)
-            .map(|_| {
-                let s = spans(&mut rng, batch, UnixNanos::now());
-                match format.as_str() {
-                    "otlp" => otlp::request(&s).encode_to_vec(),
-                    _ => zipkin_json(&s),
-                }
-            })
-            .collect(),
-    );
+    let payloads: Arc<Vec<Vec<u8>>> = Arc::new(payloads(&format, batch));
     let avg_bytes = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len();
     println!(
         "format={format} batch={batch} spans/request, {avg_bytes} bytes/request, concurrency={concurrency}"
@@ -359,14 +348,7 @@ async fn ingest(
         let p = &payloads[i % payloads.len()];
         i += 1;
         decoded += match format.as_str() {
-            "otlp" => {
-                let r = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(p.as_slice())?;
-                r.resource_spans
-                    .iter()
-                    .flat_map(|r| &r.scope_spans)
-                    .map(|s| s.spans.len() as u64)
-                    .sum::<u64>()
-            }
+            "otlp" => prost_decode(p)?,
             _ => serde_json::from_slice::<serde_json::Value>(p)?
                 .as_array()
                 .map_or(0, |a| a.len() as u64),
@@ -386,6 +368,32 @@ async fn ingest(
     Ok(())
 }
 
+/// 64 requests of `batch` Envoy-like spans each, as OTLP protobuf
+/// (`format` "otlp") or Zipkin JSON v2 (anything else).
+fn payloads(format: &str, batch: usize) -> Vec<Vec<u8>> {
+    let mut rng = spangen::Rng::new(42);
+    (0..64)
+        .map(|_| {
+            let s = spans(&mut rng, batch, UnixNanos::now());
+            match format {
+                "otlp" => otlp::request(&s).encode_to_vec(),
+                _ => zipkin_json(&s),
+            }
+        })
+        .collect()
+}
+
+/// The baseline: `body` decoded by prost into its own types; the span count.
+fn prost_decode(body: &[u8]) -> anyhow::Result<u64> {
+    let r =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body)?;
+    Ok(r.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum())
+}
+
 /// Pins the calling thread (and threads it starts later) to `core`.
 fn pin_to(core: usize) -> anyhow::Result<()> {
     if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -396,10 +404,7 @@ fn pin_to(core: usize) -> anyhow::Result<()> {
 }
 
 fn decode(seconds: u64, batch: usize, keep: usize, count: Option<usize>) -> anyhow::Result<()> {
-    let mut rng = spangen::Rng::new(42);
-    let payloads: Vec<Vec<u8>> = (0..64)
-        .map(|_| otlp::request(&spans(&mut rng, batch, UnixNanos::now())).encode_to_vec())
-        .collect();
+    let payloads = payloads("otlp", batch);
     if let Some(count) = count {
         let mut spans = 0;
         for i in 0..count {
@@ -434,13 +439,7 @@ fn decode(seconds: u64, batch: usize, keep: usize, count: Option<usize>) -> anyh
                         }
                     }
                 } else {
-                    let r = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(p.as_slice())?;
-                    n += r
-                        .resource_spans
-                        .iter()
-                        .flat_map(|r| &r.scope_spans)
-                        .map(|s| s.spans.len() as u64)
-                        .sum::<u64>();
+                    n += prost_decode(p)?;
                 }
             }
             *rate = n as f64 / t.elapsed().as_secs_f64();

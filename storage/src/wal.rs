@@ -81,24 +81,19 @@ fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
 /// producer put it and goes to the file by `writev`, not copied into one
 /// buffer first (that copy was ~2 % of OTLP ingest).
 #[derive(Default)]
-pub struct Frames {
-    headers: Vec<[u8; HEADER]>,
-    payloads: Vec<Vec<u8>>,
-}
+pub struct Frames(Vec<([u8; HEADER], Vec<u8>)>);
 
 impl Frames {
     /// Frames `payload` as record `seq`.
     pub fn push(&mut self, seq: u64, payload: Vec<u8>) {
-        self.headers.push(frame_header(seq, &payload));
-        self.payloads.push(payload);
+        self.0.push((frame_header(seq, &payload), payload));
     }
     pub fn clear(&mut self) {
-        self.headers.clear();
-        self.payloads.clear();
+        self.0.clear();
     }
     /// Bytes the frames take on disk.
     pub fn len_bytes(&self) -> usize {
-        self.payloads.iter().map(|p| HEADER + p.len()).sum()
+        self.0.iter().map(|(_, p)| HEADER + p.len()).sum()
     }
 }
 
@@ -183,11 +178,10 @@ impl Wal {
         ))
     }
 
-    /// Writes already-framed bytes and fsyncs them.
     /// Appends `frames` (one `writev` per up to IOV_MAX slices) and fsyncs.
     pub fn write_frames_synced(&mut self, frames: &Frames) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.headers.len());
-        for (h, p) in frames.headers.iter().zip(&frames.payloads) {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.0.len());
+        for (h, p) in &frames.0 {
             slices.push(IoSlice::new(h));
             slices.push(IoSlice::new(p));
         }
