@@ -39,6 +39,38 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `meshlens-bench ingest`.
+#[derive(clap::Args)]
+struct IngestArgs {
+    #[arg(long, default_value = "otlp")]
+    format: String,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Spans per request.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    #[arg(long)]
+    dir: PathBuf,
+    /// Also derive span metrics and service-graph edges from every
+    /// stored batch (what `meshlens serve` does), series written every 15 s.
+    #[arg(long)]
+    derive: bool,
+    /// Pin the ingest path (the runtime's thread and the WAL thread it
+    /// starts) to `--core` and the flush (tokio's blocking pool, where
+    /// sorting and Parquet encoding run) to this core. Without it the
+    /// whole process runs where `taskset` puts it.
+    #[arg(long)]
+    flush_core: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    core: usize,
+    /// Ingest this many spans (untimed), then flush them all to
+    /// Parquet and stop: a fixed amount of work for `valgrind --tool=callgrind`.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// PromQL latency: every query of a file as query_range against each target, interleaved.
@@ -59,31 +91,7 @@ enum Cmd {
         runs: usize,
     },
     /// Ingest throughput on the calling thread: decode, validate, append (acknowledged after WAL fsync).
-    Ingest {
-        #[arg(long, default_value = "otlp")]
-        format: String,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Spans per request.
-        #[arg(long, default_value_t = 512)]
-        batch: usize,
-        #[arg(long)]
-        dir: PathBuf,
-        /// Also derive span metrics and service-graph edges from every
-        /// stored batch (what `meshlens serve` does), series written every 15 s.
-        #[arg(long)]
-        derive: bool,
-        /// Pin the ingest path (the runtime's thread and the WAL thread it
-        /// starts) to `--core` and the flush (tokio's blocking pool, where
-        /// sorting and Parquet encoding run) to this core. Without it the
-        /// whole process runs where `taskset` puts it.
-        #[arg(long)]
-        flush_core: Option<usize>,
-        #[arg(long, default_value_t = 0)]
-        core: usize,
-    },
+    Ingest(IngestArgs),
     /// Decode alone (no WAL, no flush) against a bare prost decode of the
     /// same payloads, in alternating slices so that both see the same
     /// machine; `--keep N` holds the last N batches, as the memtable does.
@@ -252,14 +260,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn ingest(
-    format: String,
-    seconds: u64,
-    concurrency: usize,
-    batch: usize,
-    dir: PathBuf,
-    derive: bool,
-) -> anyhow::Result<()> {
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let IngestArgs {
+        format,
+        seconds,
+        concurrency,
+        batch,
+        dir,
+        derive,
+        count: fixed,
+        ..
+    } = args;
     let _ = std::fs::remove_dir_all(&dir);
     let storage = Storage::open(StorageConfig::new(&dir), Telemetry::new()).await?;
     let deriver = derive.then(|| {
@@ -294,7 +305,9 @@ async fn ingest(
         );
         tasks.push(tokio::spawn(async move {
             let mut i = w;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed)
+                && fixed.is_none_or(|n| count.load(Ordering::Relaxed) < n)
+            {
                 let p = &payloads[i % payloads.len()];
                 i += 1;
                 let batch = match format.as_str() {
@@ -313,6 +326,18 @@ async fn ingest(
                 count.fetch_add(n, Ordering::Relaxed);
             }
         }));
+    }
+    if let Some(n) = fixed {
+        for t in tasks {
+            t.await?;
+        }
+        storage.flush().await?;
+        println!(
+            "ingest: {} spans (at least {n}) acknowledged and flushed to Parquet",
+            count.load(Ordering::Relaxed)
+        );
+        storage.shutdown().await?;
+        return Ok(());
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
@@ -797,19 +822,11 @@ async fn send(
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Ingest {
-            format,
-            seconds,
-            concurrency,
-            batch,
-            dir,
-            derive,
-            flush_core,
-            core,
-        } => {
+        Cmd::Ingest(args) => {
             let mut rt = tokio::runtime::Builder::new_current_thread();
             rt.enable_all();
-            if let Some(flush_core) = flush_core {
+            if let Some(flush_core) = args.flush_core {
+                let core = args.core;
                 pin_to(core)?;
                 rt.on_thread_start(move || {
                     if let Err(e) = pin_to(flush_core) {
@@ -818,8 +835,7 @@ fn main() -> anyhow::Result<()> {
                 });
                 println!("ingest path on core {core}, flush on core {flush_core}");
             }
-            rt.build()?
-                .block_on(ingest(format, seconds, concurrency, batch, dir, derive))
+            rt.build()?.block_on(ingest(args))
         }
         Cmd::Decode {
             seconds,

@@ -1,7 +1,8 @@
 //! The span store: WAL -> Arrow buffer -> Parquet files + manifest.
 //!
-//! Write path: `append_spans` converts spans to a record batch, encodes it as
-//! Arrow IPC and hands both to the WAL thread. That thread writes every
+//! Write path: `append_spans` converts spans to a record batch, describes
+//! its buffers as a WAL record ([`crate::walbatch`]) and hands both to the
+//! WAL thread. That thread writes every
 //! pending record, fsyncs once for the group, then puts the batches into the
 //! in-memory buffer (queryable at once) and only then acknowledges. Doing
 //! the buffer insert on the WAL thread keeps WAL order and buffer order the
@@ -23,7 +24,9 @@ use crate::table::SpansTable;
 use crate::telemetry::Telemetry;
 use crate::tindex::{TraceFilter, sidecar_path};
 use crate::wal::{self, Wal};
+use crate::walbatch::{self, EncodedBatch};
 use arrow::ipc::reader::StreamReader;
+#[cfg(test)]
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -132,7 +135,7 @@ type RotateReply = std::io::Result<Option<(Vec<RecordBatch>, u64, u64)>>;
 
 enum WalCmd {
     Append {
-        payload: Vec<u8>,
+        payload: EncodedBatch,
         batch: RecordBatch,
         reply: oneshot::Sender<Result<()>>,
     },
@@ -156,6 +159,9 @@ pub struct Storage {
     samples: Arc<SampleStore>,
 }
 
+/// A batch as Arrow IPC, the WAL record before [`EncodedBatch`] (tests:
+/// such records must still replay).
+#[cfg(test)]
 fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     // Room for the whole message up front: growing a buffer of this size by
     // doubling costs more than the encoding.
@@ -169,6 +175,19 @@ fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
 fn decode_ipc(payload: &[u8]) -> Result<Vec<RecordBatch>> {
     let r = StreamReader::try_new(std::io::Cursor::new(payload), None)?;
     Ok(r.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The batches of a WAL record: an [`EncodedBatch`], or Arrow IPC as
+/// earlier versions wrote.
+fn decode_record(payload: Vec<u8>) -> Result<Vec<RecordBatch>> {
+    if payload.starts_with(walbatch::MAGIC) {
+        Ok(vec![walbatch::decode(
+            arrow::buffer::Buffer::from_vec(payload),
+            &spans_schema(),
+        )?])
+    } else {
+        decode_ipc(&payload)
+    }
 }
 
 fn describe_metrics(t: &Telemetry) {
@@ -273,7 +292,7 @@ impl Storage {
             if rec.seq <= manifest.flushed_seq {
                 continue;
             }
-            for batch in decode_ipc(&rec.payload)? {
+            for batch in decode_record(rec.payload)? {
                 replayed += batch.num_rows();
                 state.buffer_rows += batch.num_rows();
                 state.buffer_bytes += batch.get_array_memory_size() as u64;
@@ -486,7 +505,7 @@ impl Storage {
             .into());
         }
         self.check_budget()?;
-        let payload = encode_ipc(&batch)?;
+        let payload = EncodedBatch::new(&batch)?;
         let (reply, rx) = oneshot::channel();
         self.wal_tx
             .send(WalCmd::Append {
@@ -872,7 +891,7 @@ fn wal_loop(mut wal: Wal, shared: Arc<Shared>, rx: mpsc::Receiver<WalCmd>) {
                         }));
                         continue;
                     }
-                    frames.push(seq, payload);
+                    frames.push(seq, wal::Payload::Batch(payload));
                     appends.push((batch, reply));
                 }
                 WalCmd::Rotate { reply } => {
@@ -911,5 +930,47 @@ fn wal_loop(mut wal: Wal, shared: Arc<Shared>, rx: mpsc::Receiver<WalCmd>) {
             }
         }
         commit(&mut wal, &mut frames, &mut appends);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::batch_to_spans;
+    use crate::schema::tests::sample_span;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_records_of_both_formats_replay() {
+        // A WAL written by an earlier version (Arrow IPC records) next to
+        // records of today's format, in one segment.
+        let dir = std::env::temp_dir().join(format!("meshlens-walfmt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old: Vec<Span> = (0..5).map(sample_span).collect();
+        let new: Vec<Span> = (100..107).map(sample_span).collect();
+        {
+            let (mut w, _, _) = Wal::open(&dir.join("wal")).expect("wal");
+            let mut frames = wal::Frames::default();
+            let ipc = encode_ipc(&spans_to_batch(&old).expect("batch")).expect("ipc");
+            assert!(!ipc.starts_with(walbatch::MAGIC));
+            frames.push(1, wal::Payload::Bytes(ipc));
+            let b = spans_to_batch(&new).expect("batch");
+            frames.push(2, wal::Payload::Batch(EncodedBatch::new(&b).expect("enc")));
+            w.write_frames_synced(&frames).expect("write");
+        }
+        let storage = Storage::open(StorageConfig::new(&dir), Telemetry::new())
+            .await
+            .expect("open");
+        for s in old.iter().chain(&new) {
+            let found: Vec<Span> = storage
+                .find_traces(&[s.trace_id.0])
+                .await
+                .expect("find")
+                .iter()
+                .flat_map(|b| batch_to_spans(b).expect("spans"))
+                .collect();
+            assert_eq!(found, vec![s.clone()]);
+        }
+        storage.shutdown().await.expect("shutdown");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -26,6 +26,7 @@ pub mod scatter;
 mod table;
 mod tindex;
 mod wal;
+mod walbatch;
 
 pub use engine::{Snapshot, Storage, StorageConfig};
 pub use error::{Result, StorageError};

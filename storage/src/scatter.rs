@@ -240,7 +240,7 @@ fn offsets_from_lengths<O: arrow::array::OffsetSizeTrait>(
     out.push(O::usize_as(0));
     for l in lens {
         at += l;
-        out.push(O::from_usize(at).ok_or(ArrowError::OffsetOverflowError(at))?);
+        out.push(O::from_usize(at).ok_or_else(|| ArrowError::OffsetOverflowError(at))?);
     }
     Ok(OffsetBuffer::new(ScalarBuffer::from(out)))
 }

@@ -10,6 +10,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::walbatch::EncodedBatch;
+
 const MAGIC: &[u8; 4] = b"MLW1";
 const HEADER: usize = 4 + 4 + 4 + 8;
 /// Payloads larger than this are refused (and never expected when reading).
@@ -58,10 +60,33 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// A record's bytes: one vector, or a span batch written from its own
+/// buffers ([`EncodedBatch`]).
+pub enum Payload {
+    Bytes(Vec<u8>),
+    Batch(EncodedBatch),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(b) => b.len(),
+            Payload::Batch(b) => b.len(),
+        }
+    }
+
+    fn for_each_slice<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
+        match self {
+            Payload::Bytes(b) => f(b),
+            Payload::Batch(b) => b.for_each_slice(f),
+        }
+    }
+}
+
 /// The header of the frame of record `seq` holding `payload`.
-fn frame_header(seq: u64, payload: &[u8]) -> [u8; HEADER] {
+fn frame_header(seq: u64, payload: &Payload) -> [u8; HEADER] {
     let mut crc = crc32c::crc32c(&seq.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, payload);
+    payload.for_each_slice(|s| crc = crc32c::crc32c_append(crc, s));
     let mut h = [0u8; HEADER];
     h[0..4].copy_from_slice(MAGIC);
     h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -73,19 +98,19 @@ fn frame_header(seq: u64, payload: &[u8]) -> [u8; HEADER] {
 /// One frame as bytes, as [`Wal::write_frames_synced`] writes it (tests).
 #[cfg(test)]
 fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&frame_header(seq, payload));
+    out.extend_from_slice(&frame_header(seq, &Payload::Bytes(payload.to_vec())));
     out.extend_from_slice(payload);
 }
 
 /// Records waiting for one grouped write: each payload stays where its
-/// producer put it and goes to the file by `writev`, not copied into one
-/// buffer first (that copy was ~2 % of OTLP ingest).
+/// producer put it (a batch's payload is its Arrow buffers) and goes to the
+/// file by `writev`, not copied into one buffer first.
 #[derive(Default)]
-pub struct Frames(Vec<([u8; HEADER], Vec<u8>)>);
+pub struct Frames(Vec<([u8; HEADER], Payload)>);
 
 impl Frames {
     /// Frames `payload` as record `seq`.
-    pub fn push(&mut self, seq: u64, payload: Vec<u8>) {
+    pub fn push(&mut self, seq: u64, payload: Payload) {
         self.0.push((frame_header(seq, &payload), payload));
     }
     pub fn clear(&mut self) {
@@ -183,7 +208,7 @@ impl Wal {
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.0.len());
         for (h, p) in &frames.0 {
             slices.push(IoSlice::new(h));
-            slices.push(IoSlice::new(p));
+            p.for_each_slice(|s| slices.push(IoSlice::new(s)));
         }
         let mut left = &mut slices[..];
         while !left.is_empty() {
@@ -318,7 +343,7 @@ mod tests {
             let (mut wal, _, _) = Wal::open(&dir).expect("open");
             let mut frames = Frames::default();
             for (i, p) in payloads.iter().enumerate() {
-                frames.push(i as u64 + 1, p.clone());
+                frames.push(i as u64 + 1, Payload::Bytes(p.clone()));
                 encode_frame(i as u64 + 1, p, &mut want);
             }
             assert_eq!(frames.len_bytes(), want.len());

@@ -250,6 +250,35 @@ fn lone_string(m: Cursor<'_>) -> Option<&str> {
     }
 }
 
+/// A `KeyValue` of the shape nearly every attribute has: `key` then a
+/// `value` holding only a `string_value`, in that order, each length in one
+/// byte (`0a kl key 12 al 0a sl str`). Its key and string, or `None` for
+/// any other shape (read in full by [`key_value`] then, errors included).
+/// Skipping the field loop and the [`Any`] for these was ~5 % of OTLP
+/// ingest's instructions.
+#[inline(always)]
+fn string_kv<'a>(m: &Cursor<'a>) -> Option<(&'a str, &'a str)> {
+    let b = &m.buf[m.pos..m.end];
+    let (&t, &kl) = (b.first()?, b.get(1)?);
+    if t != 0x0a || kl >= 0x80 {
+        return None;
+    }
+    let (key, rest) = b[2..].split_at_checked(usize::from(kl))?;
+    let (&t, &al) = (rest.first()?, rest.get(1)?);
+    if t != 0x12 || al >= 0x80 || rest.len() != 2 + usize::from(al) {
+        return None;
+    }
+    let any = &rest[2..];
+    let (&t, &sl) = (any.first()?, any.get(1)?);
+    if t != 0x0a || sl >= 0x80 || any.len() != 2 + usize::from(sl) {
+        return None;
+    }
+    Some((
+        crate::protowire::utf8(key)?,
+        crate::protowire::utf8(&any[2..])?,
+    ))
+}
+
 /// Repeated `KeyValue`s as prost's types (for JSON), from `field` of `c`.
 fn prost_kv(c: &mut Cursor<'_>, budget: u32, out: &mut Vec<KeyValue>) -> WireResult<()> {
     if budget == 0 {
@@ -277,9 +306,17 @@ fn resource_merge<'a>(r: &mut RawResource<'a>, mut c: Cursor<'a>, budget: u32) -
                 if budget == 0 {
                     return Err(recursion());
                 }
-                let (k, v) = key_value(c.message()?, budget - 1)
-                    .map_err(|e| format!("attributes[{i}]: {e}"))?;
-                r.attributes.push(k, v.to_attr());
+                let m = c.message()?;
+                // (A value within the budget: key_value's check.)
+                if budget >= 2
+                    && let Some((k, v)) = string_kv(&m)
+                {
+                    r.attributes.push(k, AttrRef::Str(v));
+                } else {
+                    let (k, v) =
+                        key_value(m, budget - 1).map_err(|e| format!("attributes[{i}]: {e}"))?;
+                    r.attributes.push(k, v.to_attr());
+                }
                 i += 1;
             }
             2 => {
@@ -507,10 +544,19 @@ fn span<'a>(
                     return Err(recursion());
                 }
                 let i = s.attr_count;
-                let (k, v) = key_value(c.message()?, budget - 1)
-                    .map_err(|e| format!("attributes[{i}]: {e}"))?;
-                if i <= MAX_ATTRIBUTES {
-                    attrs.push(k, v.to_attr());
+                let m = c.message()?;
+                if budget >= 2
+                    && let Some((k, v)) = string_kv(&m)
+                {
+                    if i <= MAX_ATTRIBUTES {
+                        attrs.push(k, AttrRef::Str(v));
+                    }
+                } else {
+                    let (k, v) =
+                        key_value(m, budget - 1).map_err(|e| format!("attributes[{i}]: {e}"))?;
+                    if i <= MAX_ATTRIBUTES {
+                        attrs.push(k, v.to_attr());
+                    }
                 }
                 s.attr_count += 1;
             }
@@ -940,5 +986,48 @@ pub fn compare_with_prost(body: &[u8], now: UnixNanos) -> Result<(), String> {
             "in place refused what prost accepted ({} spans): {e}",
             r.spans.len()
         )),
+    }
+}
+
+#[cfg(test)]
+mod string_kv_tests {
+    use super::*;
+
+    fn kv(bytes: &[u8]) -> Option<(&str, &str)> {
+        string_kv(&Cursor::new(bytes))
+    }
+
+    #[test]
+    fn the_common_shape_is_read_and_every_other_is_left_to_key_value() {
+        // key "ab", value { string_value: "xyz" }
+        let ok = [0x0a, 2, b'a', b'b', 0x12, 5, 0x0a, 3, b'x', b'y', b'z'];
+        assert_eq!(kv(&ok), Some(("ab", "xyz")));
+        assert_eq!(
+            kv(&[0x0a, 0, 0x12, 2, 0x0a, 0]),
+            Some(("", "")),
+            "empty key and string"
+        );
+        let not: &[&[u8]] = &[
+            &[],
+            &[0x0a],
+            &ok[..10], // cut short
+            &[
+                0x0a, 2, b'a', b'b', 0x12, 5, 0x0a, 3, b'x', b'y', b'z', 0x18, 1,
+            ], // key_strindex after
+            &[0x12, 5, 0x0a, 3, b'x', b'y', b'z', 0x0a, 2, b'a', b'b'], // value first
+            &[0x0a, 2, b'a', b'b', 0x12, 0], // empty AnyValue
+            &[0x0a, 2, b'a', b'b', 0x12, 2, 0x18, 1], // bool value
+            &[0x0a, 2, b'a', 0xff, 0x12, 2, 0x0a, 0], // key not UTF-8
+            &[0x0a, 1, b'a', 0x12, 3, 0x0a, 1, 0xc3], // value not UTF-8
+            &[0x0a, 1, b'a', 0x12, 5, 0x0a, 1, b'x', 0x0a, 0], // string twice
+            &[0x0a, 1, b'a', 0x0a, 1, b'b', 0x12, 2, 0x0a, 0], // key twice
+        ];
+        for b in not {
+            assert_eq!(kv(b), None, "{b:02x?}");
+        }
+        // Lengths of two varint bytes go the long way.
+        let mut long = vec![0x0a, 1, b'k', 0x12, 0x83, 0x01, 0x0a, 0x80, 0x01];
+        long.extend(std::iter::repeat_n(b'v', 128));
+        assert_eq!(kv(&long), None);
     }
 }

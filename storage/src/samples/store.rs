@@ -1764,7 +1764,7 @@ fn wal_loop(mut wal: Wal, inner: Arc<Inner>, rx: mpsc::Receiver<WalCmd>) {
                         h.next_seq += 1;
                         s
                     };
-                    frames.push(seq, payload);
+                    frames.push(seq, wal::Payload::Bytes(payload));
                     pending.push((accepted, reply));
                 }
                 WalCmd::Rotate { reply } => {
