@@ -4,7 +4,8 @@
 //! Arrow IPC (what records were before) copies every buffer into one
 //! message and describes each array, and each dictionary in a message of
 //! its own, with flatbuffers; for a batch of Envoy spans with some twenty
-//! dictionary columns that was ~7 % of OTLP ingest. Here the head is a few
+//! dictionary columns that was ~5 % of OTLP ingest's instructions (~7 % of
+//! its time), against ~0.7 % for this record. Here the head is a few
 //! bytes per array and the buffers go to the file by `writev` straight from
 //! the batch ([`crate::wal::Frames`]), so nothing is copied.
 //!
