@@ -206,17 +206,17 @@ impl Reader<'_> {
 
     /// The next `n` bytes of the data, shared with the record's buffer.
     fn take(&mut self, n: usize) -> Result<Buffer, ArrowError> {
-        let end = self
+        if self
             .data_pos
             .checked_add(n)
-            .filter(|e| *e <= self.data.len());
-        let Some(_) = end else {
+            .is_none_or(|end| end > self.data.len())
+        {
             return Err(err(format!(
                 "a buffer of {n} bytes at data offset {} runs past the record's {} bytes",
                 self.data_pos,
                 self.data.len()
             )));
-        };
+        }
         let b = self.data.slice_with_length(self.data_pos, n);
         self.data_pos = (self.data_pos + padded(n)).min(self.data.len());
         Ok(b)
