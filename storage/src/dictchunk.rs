@@ -15,13 +15,21 @@
 //!   ask for chunk statistics, a bloom filter where they ask for one, and an
 //!   offset index (page locations) always.
 //!
+//! Integer columns stored as INT32 without statistics (the span kind,
+//! status code, ports, flags) are dictionary-encoded the same way, their
+//! dictionary built with a hash table that skips repeats of the previous
+//! value.
+//!
 //! Where this layout does not apply (page statistics, a codec other than
 //! LZ4_RAW or none, a dictionary over the page size limit, null or non-UTF-8
 //! dictionary values, nested columns) [`encode`] answers `None` and the caller
 //! uses parquet-rs's writer.
 
-use arrow::array::{Array, AsArray, DictionaryArray};
-use arrow::datatypes::Int32Type;
+use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Int32Type, UInt8Type, UInt32Type};
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
 use bytes::Bytes;
 use parquet::basic::{Compression, Encoding, PageType};
 use parquet::bloom_filter::Sbbf;
@@ -50,57 +58,145 @@ pub(crate) fn encode(
     descr: &ColumnDescPtr,
     props: &WriterProperties,
 ) -> Result<Option<DictChunk>> {
-    let Some(dict) = col.as_dictionary_opt::<Int32Type>() else {
-        return Ok(None);
-    };
-    let Some(values) = dict.values().as_string_opt::<i32>() else {
-        return Ok(None);
-    };
     let path = descr.path();
     let codec = props.compression(path);
     let stats = props.statistics_enabled(path);
-    if values.null_count() > 0
-        || descr.max_rep_level() > 0
+    if descr.max_rep_level() > 0
         || descr.max_def_level() > 1
-        || (descr.max_def_level() == 0 && dict.null_count() > 0)
+        || (descr.max_def_level() == 0 && col.null_count() > 0)
         || !matches!(codec, Compression::LZ4_RAW | Compression::UNCOMPRESSED)
         || stats == EnabledStatistics::Page
+        || !props.dictionary_enabled(path)
     {
         return Ok(None);
     }
-    let Some(ids) = Renumbered::new(dict, props.dictionary_page_size_limit()) else {
-        return Ok(None);
+    let limit = props.dictionary_page_size_limit();
+    let keyed = if let Some(dict) = col.as_dictionary_opt::<Int32Type>() {
+        let Some(values) = dict.values().as_string_opt::<i32>() else {
+            return Ok(None);
+        };
+        if values.null_count() > 0 {
+            return Ok(None);
+        }
+        let Some(ids) = Renumbered::new(dict, limit) else {
+            return Ok(None);
+        };
+        ids.into_keyed(values, dict.null_count(), stats, props, descr)?
+    } else {
+        // Integers stored as INT32 (UInt8, Int32, UInt32 by their bits):
+        // only without statistics or bloom filter, which would have to
+        // order and hash them as parquet-rs does for each logical type.
+        if stats != EnabledStatistics::None
+            || props.bloom_filter_properties(path).is_some()
+            || descr.physical_type() != parquet::basic::Type::INT32
+        {
+            return Ok(None);
+        }
+        let nulls = col.logical_nulls();
+        let keyed = match col.data_type() {
+            DataType::UInt8 => {
+                ints(col.as_primitive::<UInt8Type>().values(), nulls.as_ref(), limit, |v| {
+                    i32::from(v)
+                })
+            }
+            DataType::Int32 => {
+                ints(col.as_primitive::<Int32Type>().values(), nulls.as_ref(), limit, |v| v)
+            }
+            DataType::UInt32 => {
+                ints(col.as_primitive::<UInt32Type>().values(), nulls.as_ref(), limit, |v| {
+                    v as i32
+                })
+            }
+            _ => return Ok(None),
+        };
+        match keyed {
+            Some(k) => k,
+            None => return Ok(None),
+        }
     };
-    let rows = dict.len();
-    let page_rows = props.data_page_row_count_limit().max(1);
-    let compress = codec == Compression::LZ4_RAW;
+    write_chunk(keyed, col.len(), col.logical_nulls(), descr, props).map(Some)
+}
 
-    let mut sink = TrackedWrite::new(Vec::with_capacity(ids.dict_bytes + rows / 2 + 1024));
+/// A column's values as a dictionary: the PLAIN dictionary page, and each
+/// defined row's index into it, in row order.
+struct Keyed {
+    plain: Vec<u8>,
+    entries: usize,
+    ids: Vec<u32>,
+    statistics: Option<Statistics>,
+    bloom_filter: Option<Sbbf>,
+}
+
+/// Integer values renumbered by first use (parquet-rs's order), `None`
+/// when the dictionary would pass `limit` bytes.
+fn ints<T: Copy>(
+    values: &[T],
+    nulls: Option<&NullBuffer>,
+    limit: usize,
+    to_i32: impl Fn(T) -> i32,
+) -> Option<Keyed> {
+    let mut seen: HashMap<i32, u32, FixedState> = HashMap::with_hasher(FixedState::default());
+    let mut plain = Vec::new();
+    let mut ids = Vec::with_capacity(values.len());
+    let mut last: Option<(i32, u32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            continue;
+        }
+        let v = to_i32(v);
+        let id = match last {
+            Some((lv, id)) if lv == v => id,
+            _ => {
+                let next = seen.len() as u32;
+                let id = *seen.entry(v).or_insert_with(|| {
+                    plain.extend_from_slice(&v.to_le_bytes());
+                    next
+                });
+                if plain.len() > limit {
+                    return None;
+                }
+                last = Some((v, id));
+                id
+            }
+        };
+        ids.push(id);
+    }
+    Some(Keyed {
+        entries: seen.len(),
+        plain,
+        ids,
+        statistics: None,
+        bloom_filter: None,
+    })
+}
+
+/// Writes the chunk: the dictionary page, then data pages of
+/// `data_page_row_count_limit` rows.
+fn write_chunk(
+    keyed: Keyed,
+    rows: usize,
+    nulls: Option<NullBuffer>,
+    descr: &ColumnDescPtr,
+    props: &WriterProperties,
+) -> Result<DictChunk> {
+    let codec = props.compression(descr.path());
+    let compress = codec == Compression::LZ4_RAW;
+    let page_rows = props.data_page_row_count_limit().max(1);
+    let mut sink = TrackedWrite::new(Vec::with_capacity(keyed.plain.len() + rows / 2 + 1024));
     let mut specs: Vec<(PageWriteSpec, usize)> = Vec::with_capacity(rows / page_rows + 2);
     {
         let mut pages = SerializedPageWriter::new(&mut sink);
-
-        let mut plain = Vec::with_capacity(ids.dict_bytes);
-        for &k in &ids.order {
-            let v = values.value(k as usize).as_bytes();
-            plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            plain.extend_from_slice(v);
-        }
-        let uncompressed = plain.len();
+        let uncompressed = keyed.plain.len();
         let page = Page::DictionaryPage {
-            buf: compressed(plain, compress)?,
-            num_values: ids.order.len() as u32,
+            buf: compressed(keyed.plain, compress)?,
+            num_values: keyed.entries as u32,
             encoding: Encoding::PLAIN,
             is_sorted: false,
         };
-        specs.push((
-            pages.write_page(CompressedPage::new(page, uncompressed))?,
-            0,
-        ));
+        specs.push((pages.write_page(CompressedPage::new(page, uncompressed))?, 0));
 
-        let bit_width = bits_for(ids.order.len().saturating_sub(1) as u32);
-        let nulls = dict.logical_nulls();
-        let mut levels: Vec<u32> = Vec::with_capacity(page_rows);
+        let bit_width = bits_for(keyed.entries.saturating_sub(1) as u32);
+        let mut levels: Vec<u32> = Vec::with_capacity(page_rows.min(rows));
         let mut buf: Vec<u8> = Vec::new();
         let mut next_id = 0usize;
         let mut first = 0usize;
@@ -128,8 +224,12 @@ pub(crate) fn encode(
                 buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
                 defined
             };
+            let ids = keyed
+                .ids
+                .get(next_id..next_id + defined)
+                .ok_or_else(|| ParquetError::General("fewer keys than defined rows".into()))?;
             buf.push(bit_width);
-            hybrid(&ids.ids[next_id..next_id + defined], bit_width, &mut buf);
+            hybrid(ids, bit_width, &mut buf);
             next_id += defined;
             let uncompressed = buf.len();
             let page = Page::DataPage {
@@ -140,10 +240,7 @@ pub(crate) fn encode(
                 rep_level_encoding: Encoding::RLE,
                 statistics: None,
             };
-            specs.push((
-                pages.write_page(CompressedPage::new(page, uncompressed))?,
-                first,
-            ));
+            specs.push((pages.write_page(CompressedPage::new(page, uncompressed))?, first));
             first = end;
         }
         pages.close()?;
@@ -153,11 +250,7 @@ pub(crate) fn encode(
     let data_pages = &specs[1..];
     let mut meta = ColumnChunkMetaData::builder(descr.clone())
         .set_compression(codec)
-        .set_encodings(vec![
-            Encoding::PLAIN,
-            Encoding::RLE,
-            Encoding::RLE_DICTIONARY,
-        ])
+        .set_encodings(vec![Encoding::PLAIN, Encoding::RLE, Encoding::RLE_DICTIONARY])
         .set_page_encoding_stats(vec![
             PageEncodingStats {
                 page_type: PageType::DICTIONARY_PAGE,
@@ -179,30 +272,9 @@ pub(crate) fn encode(
                 .first()
                 .map_or(bytes.len() as i64, |(s, _)| s.offset as i64),
         );
-    if stats == EnabledStatistics::Chunk {
-        let (min, max) = ids.min_max(values);
-        let bytes = |s: Option<&str>| s.map(|s| ByteArray::from(s.as_bytes().to_vec()));
-        meta = meta.set_statistics(Statistics::byte_array(
-            bytes(min),
-            bytes(max),
-            None,
-            Some(dict.null_count() as u64),
-            false,
-        ));
+    if let Some(s) = keyed.statistics {
+        meta = meta.set_statistics(s);
     }
-    let metadata = meta.build()?;
-
-    let bloom_filter = match props.bloom_filter_properties(path) {
-        Some(bf) => {
-            let mut sbbf = Sbbf::new_with_ndv_fpp(bf.ndv(), bf.fpp())?;
-            for &k in &ids.order {
-                sbbf.insert(values.value(k as usize).as_bytes());
-            }
-            sbbf.fold_to_target_fpp(bf.fpp());
-            Some(sbbf)
-        }
-        None => None,
-    };
     let offset_index = OffsetIndexMetaData {
         page_locations: data_pages
             .iter()
@@ -217,17 +289,17 @@ pub(crate) fn encode(
             .collect::<Result<_>>()?,
         unencoded_byte_array_data_bytes: None,
     };
-    Ok(Some(DictChunk {
+    Ok(DictChunk {
         close: ColumnCloseResult {
             bytes_written: bytes.len() as u64,
             rows_written: rows as u64,
-            metadata,
-            bloom_filter,
+            metadata: meta.build()?,
+            bloom_filter: keyed.bloom_filter,
             column_index: None,
             offset_index: Some(offset_index),
         },
         bytes,
-    }))
+    })
 }
 
 /// The rows' keys renumbered into the dictionary the chunk stores: values
@@ -282,12 +354,50 @@ impl Renumbered {
         })
     }
 
+    /// The dictionary page, statistics (where `stats` asks for them) and
+    /// bloom filter (where the properties ask for one).
+    fn into_keyed(
+        self,
+        values: &StringArray,
+        null_count: usize,
+        stats: EnabledStatistics,
+        props: &WriterProperties,
+        descr: &ColumnDescPtr,
+    ) -> Result<Keyed> {
+        let mut plain = Vec::with_capacity(self.dict_bytes);
+        for &k in &self.order {
+            let v = values.value(k as usize).as_bytes();
+            plain.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            plain.extend_from_slice(v);
+        }
+        let statistics = (stats == EnabledStatistics::Chunk).then(|| {
+            let (min, max) = self.min_max(values);
+            let bytes = |s: Option<&str>| s.map(|s| ByteArray::from(s.as_bytes().to_vec()));
+            Statistics::byte_array(bytes(min), bytes(max), None, Some(null_count as u64), false)
+        });
+        let bloom_filter = match props.bloom_filter_properties(descr.path()) {
+            Some(bf) => {
+                let mut sbbf = Sbbf::new_with_ndv_fpp(bf.ndv(), bf.fpp())?;
+                for &k in &self.order {
+                    sbbf.insert(values.value(k as usize).as_bytes());
+                }
+                sbbf.fold_to_target_fpp(bf.fpp());
+                Some(sbbf)
+            }
+            None => None,
+        };
+        Ok(Keyed {
+            plain,
+            entries: self.order.len(),
+            ids: self.ids,
+            statistics,
+            bloom_filter,
+        })
+    }
+
     /// The smallest and largest stored value, byte-wise (UTF-8 columns sort
     /// unsigned).
-    fn min_max<'a>(
-        &self,
-        values: &'a arrow::array::StringArray,
-    ) -> (Option<&'a str>, Option<&'a str>) {
+    fn min_max<'a>(&self, values: &'a StringArray) -> (Option<&'a str>, Option<&'a str>) {
         let mut it = self.order.iter().map(|&k| values.value(k as usize));
         let Some(first) = it.next() else {
             return (None, None);

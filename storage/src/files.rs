@@ -210,8 +210,9 @@ pub fn encode_file(
 
 /// Writes `batch` (of the `spans` schema) as a Parquet file of row groups
 /// of `group_rows` rows: what `ArrowWriter` writes, except that string
-/// dictionary columns are written from their Arrow dictionaries
-/// ([`crate::dictchunk`]) instead of being hashed again row by row.
+/// dictionary columns are written from their Arrow dictionaries, and small
+/// integer columns dictionary-encoded, by [`crate::dictchunk`] instead of
+/// parquet-rs hashing every value.
 pub(crate) fn write_parquet(
     batch: &RecordBatch,
     out: &mut Vec<u8>,
@@ -238,7 +239,10 @@ pub(crate) fn write_parquet(
         let mut leaf = leaves.iter();
         let mut out = file.next_row_group()?;
         for (field, col) in schema.fields().iter().zip(part.columns()) {
-            if matches!(field.data_type(), DataType::Dictionary(..)) {
+            if matches!(
+                field.data_type(),
+                DataType::Dictionary(..) | DataType::UInt8 | DataType::Int32 | DataType::UInt32
+            ) {
                 let descr = leaf.next().ok_or_else(|| no_leaf(field.name()))?;
                 let writer = writers.next().ok_or_else(|| no_leaf(field.name()))?;
                 match dictchunk::encode(col, descr, &props)? {
@@ -492,7 +496,9 @@ mod tests {
     /// [`crate::dictchunk`]: a constant (one-value dictionary), nulls in
     /// runs and scattered, many distinct values, all null (local IPv6).
     fn varied_spans(n: usize) -> Vec<crate::model::Span> {
-        use crate::model::{AttrValue, Endpoint, Span, SpanId, TraceId, UnixNanos};
+        use crate::model::{
+            AttrValue, Endpoint, Span, SpanId, SpanKind, StatusCode, TraceId, UnixNanos,
+        };
         let t0 = 1_795_640_400i64 * 1_000_000_000;
         let mut rng = 5u64;
         let mut next = move || {
@@ -522,14 +528,23 @@ mod tests {
                     local: Endpoint {
                         service_name: Some(format!("svc-{}", next() % 6)),
                         ipv4: Some(format!("10.1.0.{}", next() % 30)),
+                        port: Some(9080 + (next() % 3) as i32),
                         ..Default::default()
                     },
                     remote: Endpoint {
                         service_name: (next() % 4 == 0).then(|| format!("peer-{}", next() % 3)),
+                        port: (i % 3 == 0).then_some(15006),
                         ..Default::default()
                     },
                     attributes,
                     scope_name: Some("envoy".into()),
+                    kind: [SpanKind::Client, SpanKind::Server][next() as usize % 2],
+                    status_code: if next() % 10 == 0 {
+                        StatusCode::Error
+                    } else {
+                        StatusCode::Unset
+                    },
+                    flags: (i % 7 == 0).then_some(0x8000_0001),
                     ..Default::default()
                 }
             })
@@ -639,13 +654,17 @@ mod tests {
         for g in 0..om.num_row_groups() {
             let (og, tg) = (om.row_group(g), tm.row_group(g));
             assert_eq!(og.num_rows(), tg.num_rows());
-            for (c, field) in schema.fields().iter().enumerate().take(40) {
-                if !matches!(field.data_type(), DataType::Dictionary(..)) {
+            for field in schema.fields() {
+                if !matches!(
+                    field.data_type(),
+                    DataType::Dictionary(..) | DataType::UInt8 | DataType::Int32 | DataType::UInt32
+                ) {
                     continue;
                 }
-                // Top-level fields before the first map are one leaf each.
+                let c = (0..og.num_columns())
+                    .find(|&c| og.column(c).column_path().string() == *field.name())
+                    .unwrap();
                 let (oc, tc) = (og.column(c), tg.column(c));
-                assert_eq!(oc.column_path().string(), *field.name());
                 dict_columns += 1;
                 assert_eq!(oc.num_values(), tc.num_values(), "{}", field.name());
                 assert_eq!(oc.statistics(), tc.statistics(), "{}", field.name());
@@ -722,6 +741,14 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+        // Integers: ours without statistics, parquet-rs's with them.
+        let ours = writer_props(batch.num_rows());
+        for int in ["kind", "status_code", "local_port", "remote_port", "flags"] {
+            let encoded = |props| dictchunk::encode(&col(int), leaf(int), props).unwrap();
+            assert!(encoded(&ours).is_some(), "{int}");
+            assert!(encoded(&paged).is_none(), "{int}");
+        }
+        assert!(dictchunk::encode(&col(START), leaf(START), &ours).unwrap().is_none());
         for props in [small, paged] {
             let mut out = Vec::new();
             write_parquet(&batch, &mut out, props, 300).unwrap();
