@@ -28,9 +28,9 @@
 use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Int32Type, UInt8Type, UInt32Type};
+use bytes::Bytes;
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
-use bytes::Bytes;
 use parquet::basic::{Compression, Encoding, PageType};
 use parquet::bloom_filter::Sbbf;
 use parquet::column::page::{CompressedPage, Page, PageWriteSpec, PageWriter};
@@ -94,19 +94,24 @@ pub(crate) fn encode(
         }
         let nulls = col.logical_nulls();
         let keyed = match col.data_type() {
-            DataType::UInt8 => {
-                ints(col.as_primitive::<UInt8Type>().values(), nulls.as_ref(), limit, |v| {
-                    i32::from(v)
-                })
-            }
-            DataType::Int32 => {
-                ints(col.as_primitive::<Int32Type>().values(), nulls.as_ref(), limit, |v| v)
-            }
-            DataType::UInt32 => {
-                ints(col.as_primitive::<UInt32Type>().values(), nulls.as_ref(), limit, |v| {
-                    v as i32
-                })
-            }
+            DataType::UInt8 => ints(
+                col.as_primitive::<UInt8Type>().values(),
+                nulls.as_ref(),
+                limit,
+                |v| i32::from(v),
+            ),
+            DataType::Int32 => ints(
+                col.as_primitive::<Int32Type>().values(),
+                nulls.as_ref(),
+                limit,
+                |v| v,
+            ),
+            DataType::UInt32 => ints(
+                col.as_primitive::<UInt32Type>().values(),
+                nulls.as_ref(),
+                limit,
+                |v| v as i32,
+            ),
             _ => return Ok(None),
         };
         match keyed {
@@ -193,7 +198,10 @@ fn write_chunk(
             encoding: Encoding::PLAIN,
             is_sorted: false,
         };
-        specs.push((pages.write_page(CompressedPage::new(page, uncompressed))?, 0));
+        specs.push((
+            pages.write_page(CompressedPage::new(page, uncompressed))?,
+            0,
+        ));
 
         let bit_width = bits_for(keyed.entries.saturating_sub(1) as u32);
         let mut levels: Vec<u32> = Vec::with_capacity(page_rows.min(rows));
@@ -240,7 +248,10 @@ fn write_chunk(
                 rep_level_encoding: Encoding::RLE,
                 statistics: None,
             };
-            specs.push((pages.write_page(CompressedPage::new(page, uncompressed))?, first));
+            specs.push((
+                pages.write_page(CompressedPage::new(page, uncompressed))?,
+                first,
+            ));
             first = end;
         }
         pages.close()?;
@@ -250,7 +261,11 @@ fn write_chunk(
     let data_pages = &specs[1..];
     let mut meta = ColumnChunkMetaData::builder(descr.clone())
         .set_compression(codec)
-        .set_encodings(vec![Encoding::PLAIN, Encoding::RLE, Encoding::RLE_DICTIONARY])
+        .set_encodings(vec![
+            Encoding::PLAIN,
+            Encoding::RLE,
+            Encoding::RLE_DICTIONARY,
+        ])
         .set_page_encoding_stats(vec![
             PageEncodingStats {
                 page_type: PageType::DICTIONARY_PAGE,

@@ -748,7 +748,11 @@ mod tests {
             assert!(encoded(&ours).is_some(), "{int}");
             assert!(encoded(&paged).is_none(), "{int}");
         }
-        assert!(dictchunk::encode(&col(START), leaf(START), &ours).unwrap().is_none());
+        assert!(
+            dictchunk::encode(&col(START), leaf(START), &ours)
+                .unwrap()
+                .is_none()
+        );
         for props in [small, paged] {
             let mut out = Vec::new();
             write_parquet(&batch, &mut out, props, 300).unwrap();
