@@ -98,7 +98,7 @@ pub(crate) fn encode(
                 col.as_primitive::<UInt8Type>().values(),
                 nulls.as_ref(),
                 limit,
-                |v| i32::from(v),
+                i32::from,
             ),
             DataType::Int32 => ints(
                 col.as_primitive::<Int32Type>().values(),
