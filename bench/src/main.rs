@@ -33,6 +33,14 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The allocator settings of the `meshlens` binary (src/main.rs,
+/// `tune_allocator`): freed memory kept 10 s before it goes back to the OS.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: sets one integer option (mimalloc v3's `mi_option_purge_delay`).
+    unsafe { libmimalloc_sys::mi_option_set(15, 10_000) }
+}
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -826,6 +834,7 @@ async fn send(
 }
 
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Ingest(args) => {
