@@ -495,12 +495,12 @@ mod tests {
     /// Spans whose dictionary columns take every path of
     /// [`crate::dictchunk`]: a constant (one-value dictionary), nulls in
     /// runs and scattered, many distinct values, all null (local IPv6).
-    fn varied_spans(n: usize) -> Vec<crate::model::Span> {
+    fn varied_spans(n: usize, seed: u64) -> Vec<crate::model::Span> {
         use crate::model::{
             AttrValue, Endpoint, Span, SpanId, SpanKind, StatusCode, TraceId, UnixNanos,
         };
         let t0 = 1_795_640_400i64 * 1_000_000_000;
-        let mut rng = 5u64;
+        let mut rng = seed;
         let mut next = move || {
             rng = rng
                 .wrapping_mul(6364136223846793005)
@@ -563,7 +563,7 @@ mod tests {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         use parquet::file::serialized_reader::ReadOptionsBuilder;
 
-        let spans = varied_spans(2600);
+        let spans = varied_spans(2600, 5);
         let batches: Vec<RecordBatch> = spans
             .chunks(400)
             .map(|c| spans_to_batch(c).unwrap())
@@ -706,7 +706,7 @@ mod tests {
     #[test]
     fn dictionary_chunks_fall_back_to_parquet_rs() {
         use crate::schema::{batch_to_spans, spans_to_batch};
-        let spans = varied_spans(900);
+        let spans = varied_spans(900, 5);
         let batch = spans_to_batch(&spans).unwrap();
         let descr = {
             let w = ArrowWriter::try_new(Vec::new(), spans_schema(), None).unwrap();
@@ -764,6 +764,42 @@ mod tests {
                 .flat_map(|b| batch_to_spans(&b.unwrap()).unwrap())
                 .collect();
             assert_eq!(got, spans);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any row group and page size, any slice of merged dictionaries:
+        /// the file reads back as the spans written.
+        #[test]
+        fn dictionary_chunks_read_back(
+            seed in 0u64..1_000_000,
+            n in 1usize..1500,
+            group in 1usize..900,
+            page in 1usize..300,
+            skip in 0usize..50,
+        ) {
+            use crate::schema::{batch_to_spans, spans_to_batch};
+            let spans = varied_spans(n + skip, seed);
+            let batches: Vec<RecordBatch> = spans
+                .chunks(97)
+                .map(|c| spans_to_batch(c).unwrap())
+                .collect();
+            let sorted = &sorted_partitions(&batches, 0).unwrap()[0].1;
+            let batch = sorted.slice(skip, n);
+            let props = writer_props(n)
+                .into_builder()
+                .set_data_page_row_count_limit(page)
+                .set_write_batch_size(page)
+                .build();
+            let mut out = Vec::new();
+            write_parquet(&batch, &mut out, props, group).unwrap();
+            let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(out))
+                .unwrap()
+                .build()
+                .unwrap();
+            let got: Vec<_> = r.flat_map(|b| batch_to_spans(&b.unwrap()).unwrap()).collect();
+            proptest::prop_assert_eq!(got, batch_to_spans(&batch).unwrap());
         }
     }
 }
