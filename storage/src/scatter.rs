@@ -387,12 +387,26 @@ fn child_positions(
     Ok((out_offsets, sliced, child_pos))
 }
 
+/// No input list holds a value (OTLP spans without events, links or typed
+/// attributes): every output list is empty too, nothing to place.
+fn all_empty(offsets: &[&[i32]]) -> bool {
+    offsets.iter().all(|o| o.first() == o.last())
+}
+
 fn list(arrays: &[&dyn Array], pos: &Positions, n: usize) -> Result<ArrayRef, ArrowError> {
     let typed: Vec<&GenericListArray<i32>> = arrays.iter().map(|a| a.as_list::<i32>()).collect();
     let DataType::List(field) = arrays[0].data_type() else {
         return Err(invalid("scatter: not a list".into()));
     };
     let offsets: Vec<&[i32]> = typed.iter().map(|l| l.value_offsets()).collect();
+    if all_empty(&offsets) {
+        return Ok(Arc::new(GenericListArray::<i32>::try_new(
+            field.clone(),
+            OffsetBuffer::new_zeroed(n),
+            arrow::array::new_empty_array(field.data_type()),
+            nulls(arrays, pos, n),
+        )?));
+    }
     let children: Vec<ArrayRef> = typed.iter().map(|l| l.values().clone()).collect();
     let (out_offsets, sliced, child_pos) = child_positions(&offsets, &children, pos, n)?;
     let total = out_offsets.last().copied().unwrap_or(0) as usize;
@@ -412,6 +426,17 @@ fn map(arrays: &[&dyn Array], pos: &Positions, n: usize) -> Result<ArrayRef, Arr
         return Err(invalid("scatter: not a map".into()));
     };
     let offsets: Vec<&[i32]> = typed.iter().map(|m| m.value_offsets()).collect();
+    if all_empty(&offsets) {
+        return Ok(Arc::new(MapArray::try_new(
+            field.clone(),
+            OffsetBuffer::new_zeroed(n),
+            arrow::array::new_empty_array(field.data_type())
+                .as_struct()
+                .clone(),
+            nulls(arrays, pos, n),
+            *ordered,
+        )?));
+    }
     let children: Vec<ArrayRef> = typed
         .iter()
         .map(|m| Arc::new(m.entries().clone()) as ArrayRef)
@@ -569,6 +594,49 @@ mod tests {
 
         let none: ArrayRef = new_null_array(&DataType::Utf8, 3);
         check(&[none.clone(), none], 9);
+    }
+
+    /// Spans without events, links or typed attributes: empty (not null)
+    /// lists and maps in every input, also sliced past their values, and
+    /// beside inputs with nulls.
+    #[test]
+    fn all_empty_lists_and_maps() {
+        let empty: Vec<Span> = (0..6u8)
+            .map(|i| Span {
+                span_id: SpanId([i + 1; 8]),
+                ..Default::default()
+            })
+            .collect();
+        let full: Vec<Span> = (0..4u8)
+            .map(|i| Span {
+                span_id: SpanId([i + 9; 8]),
+                events: vec![Event {
+                    time: UnixNanos(i64::from(i)),
+                    name: "e".into(),
+                    attributes_json: None,
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let (a, b) = (
+            spans_to_batch(&empty).unwrap(),
+            spans_to_batch(&full).unwrap(),
+        );
+        for name in ["events", "links", "attributes_typed", "resource_attributes"] {
+            let (ca, cb) = (
+                a.column_by_name(name).unwrap(),
+                b.column_by_name(name).unwrap(),
+            );
+            check(&[ca.clone(), ca.slice(2, 3)], 4);
+            // b's lists past its last event are empty too.
+            check(&[ca.clone(), cb.slice(4, 0), ca.slice(5, 1)], 6);
+            check(&[ca.clone(), cb.clone()], 8);
+            let nulls = new_null_array(ca.data_type(), 2);
+            check(&[ca.clone(), nulls], 10);
+            let out = scatter(&[ca.as_ref()], &vec![(0..6).rev().collect()]).unwrap();
+            assert_eq!(out.len(), 6);
+            assert_eq!(out.null_count(), 0, "{name}: empty, not null");
+        }
     }
 
     #[test]
