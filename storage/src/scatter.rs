@@ -633,7 +633,7 @@ mod tests {
             check(&[ca.clone(), cb.clone()], 8);
             let nulls = new_null_array(ca.data_type(), 2);
             check(&[ca.clone(), nulls], 10);
-            let out = scatter(&[ca.as_ref()], &vec![(0..6).rev().collect()]).unwrap();
+            let out = scatter(&[ca.as_ref()], &[(0..6).rev().collect()]).unwrap();
             assert_eq!(out.len(), 6);
             assert_eq!(out.null_count(), 0, "{name}: empty, not null");
         }
