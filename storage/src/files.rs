@@ -481,6 +481,10 @@ mod tests {
             seen += spans.len();
             for w in spans.windows(2) {
                 assert!((w[0].trace_id, w[0].start) <= (w[1].trace_id, w[1].start));
+                if (w[0].trace_id, w[0].start) == (w[1].trace_id, w[1].start) {
+                    // Ties in arrival order (span ids grow with arrival).
+                    assert!(w[0].span_id.0 < w[1].span_id.0);
+                }
             }
             for s in &spans {
                 let t = s.start.map_or(fallback, |t| t.0);
@@ -801,5 +805,47 @@ mod tests {
             let got: Vec<_> = r.flat_map(|b| batch_to_spans(&b.unwrap()).unwrap()).collect();
             proptest::prop_assert_eq!(got, batch_to_spans(&batch).unwrap());
         }
+    }
+
+    /// Within a trace: no start first, then by start (negative ones too),
+    /// ties by arrival; hours in order whatever the arrival order.
+    #[test]
+    fn sort_order_within_a_trace_and_across_hours() {
+        use crate::model::{Span, SpanId, TraceId, UnixNanos};
+        use crate::schema::{batch_to_spans, spans_to_batch};
+        let h = HOUR_NANOS;
+        let fallback = 2 * h + 10;
+        let span = |i: u8, start: Option<i64>| Span {
+            trace_id: TraceId::from_u64s(0, 7),
+            span_id: SpanId([i; 8]),
+            start: start.map(UnixNanos),
+            ..Default::default()
+        };
+        let batches = vec![
+            spans_to_batch(&[
+                span(1, Some(2 * h + 5)),
+                span(2, None),
+                span(3, Some(-5)),
+                span(4, Some(2 * h + 1)),
+            ])
+            .unwrap(),
+            spans_to_batch(&[span(5, None), span(6, Some(2 * h + 1)), span(7, Some(3))]).unwrap(),
+        ];
+        let parts = sorted_partitions(&batches, fallback).unwrap();
+        let order: Vec<(i64, Vec<u8>)> = parts
+            .iter()
+            .map(|(hour, b)| {
+                let ids = batch_to_spans(b)
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.span_id.0[0])
+                    .collect();
+                (*hour / h, ids)
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![(-1, vec![3]), (0, vec![7]), (2, vec![2, 5, 4, 6, 1])]
+        );
     }
 }
