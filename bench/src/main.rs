@@ -37,8 +37,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `tune_allocator`): freed memory kept 10 s before it goes back to the OS.
 #[allow(unsafe_code)]
 fn tune_allocator() {
-    // SAFETY: sets one integer option (mimalloc v3's `mi_option_purge_delay`).
-    unsafe { libmimalloc_sys::mi_option_set(15, 10_000) }
+    /// mimalloc v3's `mi_option_purge_delay` (see src/main.rs).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one integer option.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
 }
 
 #[derive(Parser)]

@@ -71,6 +71,7 @@ pub(crate) fn encode(
         return Ok(None);
     }
     let limit = props.dictionary_page_size_limit();
+    let nulls = col.logical_nulls();
     let keyed = if let Some(dict) = col.as_dictionary_opt::<Int32Type>() {
         let Some(values) = dict.values().as_string_opt::<i32>() else {
             return Ok(None);
@@ -81,7 +82,7 @@ pub(crate) fn encode(
         let Some(ids) = Renumbered::new(dict, limit) else {
             return Ok(None);
         };
-        ids.into_keyed(values, dict.null_count(), stats, props, descr)?
+        Some(ids.into_keyed(values, dict.null_count(), stats, props, descr)?)
     } else {
         // Integers stored as INT32 (UInt8, Int32, UInt32 by their bits):
         // only without statistics or bloom filter, which would have to
@@ -92,8 +93,7 @@ pub(crate) fn encode(
         {
             return Ok(None);
         }
-        let nulls = col.logical_nulls();
-        let keyed = match col.data_type() {
+        match col.data_type() {
             DataType::UInt8 => ints(
                 col.as_primitive::<UInt8Type>().values(),
                 nulls.as_ref(),
@@ -112,14 +112,13 @@ pub(crate) fn encode(
                 limit,
                 |v| v as i32,
             ),
-            _ => return Ok(None),
-        };
-        match keyed {
-            Some(k) => k,
-            None => return Ok(None),
+            _ => None,
         }
     };
-    write_chunk(keyed, col.len(), col.logical_nulls(), descr, props).map(Some)
+    let Some(keyed) = keyed else {
+        return Ok(None);
+    };
+    write_chunk(keyed, col.len(), nulls, descr, props).map(Some)
 }
 
 /// A column's values as a dictionary: the PLAIN dictionary page, and each

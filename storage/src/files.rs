@@ -7,7 +7,6 @@ use crate::scatter::scatter_batch;
 use crate::schema::{SERVICE, START, TRACE_ID, UNIQUE_TAGS, spans_schema};
 use crate::tindex::{TraceFilter, sidecar_path};
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
 use arrow::datatypes::{Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as ObjectPath;
@@ -236,32 +235,23 @@ pub(crate) fn write_parquet(
     for (group, first) in (0..rows).step_by(group_rows.max(1)).enumerate() {
         let part = batch.slice(first, group_rows.min(rows - first));
         let mut writers = factory.create_column_writers(group)?.into_iter();
-        let mut leaf = leaves.iter();
+        let mut leaf = 0;
         let mut out = file.next_row_group()?;
         for (field, col) in schema.fields().iter().zip(part.columns()) {
-            if matches!(
-                field.data_type(),
-                DataType::Dictionary(..) | DataType::UInt8 | DataType::Int32 | DataType::UInt32
-            ) {
-                let descr = leaf.next().ok_or_else(|| no_leaf(field.name()))?;
-                let writer = writers.next().ok_or_else(|| no_leaf(field.name()))?;
-                match dictchunk::encode(col, descr, &props)? {
-                    Some(chunk) => out.append_column(&chunk.bytes, chunk.close)?,
-                    None => {
-                        let mut writer = writer;
-                        for l in compute_leaves(field, col)? {
-                            writer.write(&l)?;
-                        }
-                        writer.close()?.append_to_row_group(&mut out)?;
-                    }
-                }
+            let descr = leaves.get(leaf).ok_or_else(|| no_leaf(field.name()))?;
+            // `dictchunk` answers `None` for every column it does not
+            // write (nested, not a dictionary or small integer, ...).
+            if let Some(chunk) = dictchunk::encode(col, descr, &props)? {
+                writers.next().ok_or_else(|| no_leaf(field.name()))?;
+                out.append_column(&chunk.bytes, chunk.close)?;
+                leaf += 1;
                 continue;
             }
             for l in compute_leaves(field, col)? {
-                leaf.next().ok_or_else(|| no_leaf(field.name()))?;
                 let mut writer = writers.next().ok_or_else(|| no_leaf(field.name()))?;
                 writer.write(&l)?;
                 writer.close()?.append_to_row_group(&mut out)?;
+                leaf += 1;
             }
         }
         out.close()?;
@@ -422,6 +412,7 @@ pub async fn read_file(store: Arc<dyn ObjectStore>, entry: &FileEntry) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::datatypes::DataType;
 
     #[test]
     fn paths_are_readable_dates() {
@@ -719,44 +710,31 @@ mod tests {
         };
         let col = |name: &str| batch.column_by_name(name).unwrap().clone();
         let leaf = |name: &str| descr.iter().find(|d| d.path().string() == name).unwrap();
+        let encoded = |name: &str, props: &WriterProperties| {
+            dictchunk::encode(&col(name), leaf(name), props)
+                .unwrap()
+                .is_some()
+        };
         let small = WriterProperties::builder()
             .set_dictionary_page_size_limit(64)
             .build();
-        let peer = "tag_peer_address";
-        assert!(
-            dictchunk::encode(&col(peer), leaf(peer), &small)
-                .unwrap()
-                .is_none()
-        );
+        assert!(!encoded("tag_peer_address", &small));
         let paged = WriterProperties::builder()
             .set_statistics_enabled(EnabledStatistics::Page)
             .build();
-        assert!(
-            dictchunk::encode(&col("name"), leaf("name"), &paged)
-                .unwrap()
-                .is_none()
-        );
+        assert!(!encoded("name", &paged));
         let plain = WriterProperties::builder()
             .set_statistics_enabled(EnabledStatistics::None)
             .set_compression(Compression::LZ4_RAW)
             .build();
-        assert!(
-            dictchunk::encode(&col("name"), leaf("name"), &plain)
-                .unwrap()
-                .is_some()
-        );
+        assert!(encoded("name", &plain));
         // Integers: ours without statistics, parquet-rs's with them.
         let ours = writer_props(batch.num_rows());
         for int in ["kind", "status_code", "local_port", "remote_port", "flags"] {
-            let encoded = |props| dictchunk::encode(&col(int), leaf(int), props).unwrap();
-            assert!(encoded(&ours).is_some(), "{int}");
-            assert!(encoded(&paged).is_none(), "{int}");
+            assert!(encoded(int, &ours), "{int}");
+            assert!(!encoded(int, &paged), "{int}");
         }
-        assert!(
-            dictchunk::encode(&col(START), leaf(START), &ours)
-                .unwrap()
-                .is_none()
-        );
+        assert!(!encoded(START, &ours));
         for props in [small, paged] {
             let mut out = Vec::new();
             write_parquet(&batch, &mut out, props, 300).unwrap();
