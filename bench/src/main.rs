@@ -34,13 +34,16 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The allocator settings of the `meshlens` binary (src/main.rs,
-/// `tune_allocator`): freed memory kept 10 s before it goes back to the OS.
+/// `tune_allocator`): freed memory kept 5 minutes before it goes back to
+/// the OS, unless `MIMALLOC_PURGE_DELAY` says otherwise.
 #[allow(unsafe_code)]
 fn tune_allocator() {
     /// mimalloc v3's `mi_option_purge_delay` (see src/main.rs).
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets one integer option.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 300_000) }
+    }
 }
 
 #[derive(Parser)]
