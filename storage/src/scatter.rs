@@ -328,9 +328,12 @@ fn string_dictionary(
     let keys: Vec<&dyn Array> = dicts.iter().map(|d| d.keys() as &dyn Array).collect();
     let keys = PrimitiveArray::<Int32Type>::new(out.into(), nulls(&keys, pos, n));
     let values: ArrayRef = Arc::new(StringArray::from(merged));
-    Ok(Some(Arc::new(DictionaryArray::<Int32Type>::try_new(
-        keys, values,
-    )?)))
+    // SAFETY: a key is an entry of `map`, an index `table` handed out into
+    // `merged`, or 0 on a row whose input key was not a valid index, which
+    // in a valid input is a null row.
+    #[allow(unsafe_code)]
+    let dict = unsafe { crate::span_builder::dictionary_unchecked(keys, values)? };
+    Ok(Some(Arc::new(dict)))
 }
 
 fn structs(arrays: &[&dyn Array], pos: &Positions, n: usize) -> Result<ArrayRef, ArrowError> {

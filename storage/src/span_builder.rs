@@ -486,8 +486,32 @@ impl Dict {
             ScalarBuffer::from(std::mem::take(&mut self.keys)),
             self.nulls.finish(),
         );
-        DictionaryArray::try_new(keys, Arc::new(values))
+        // SAFETY: every key was handed out by `append_hashed` as the index
+        // of a value it had pushed, or is 0 on a null row.
+        #[allow(unsafe_code)]
+        unsafe {
+            dictionary_unchecked(keys, Arc::new(values))
+        }
     }
+}
+
+/// `DictionaryArray::try_new` without its pass over every key in release
+/// builds (debug builds, and so the tests, still check them). Building the
+/// batches' dictionaries and the flush's merged ones, that pass was ~1.5 %
+/// of OTLP ingest's instructions.
+///
+/// # Safety
+/// Every non-null key of `keys` is an index into `values`.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn dictionary_unchecked(
+    keys: Int32Array,
+    values: ArrayRef,
+) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+    if cfg!(debug_assertions) {
+        return DictionaryArray::try_new(keys, values);
+    }
+    // SAFETY: the caller's promise.
+    Ok(unsafe { DictionaryArray::new_unchecked(keys, values) })
 }
 
 enum TagBuilder {

@@ -263,7 +263,8 @@ fn string_kv<'a>(m: &Cursor<'a>) -> Option<(&'a str, &'a str)> {
     if t != 0x0a || kl >= 0x80 {
         return None;
     }
-    let (key, rest) = b[2..].split_at_checked(usize::from(kl))?;
+    let key_end = 2 + usize::from(kl);
+    let rest = b.get(key_end..)?;
     let (&t, &al) = (rest.first()?, rest.get(1)?);
     if t != 0x12 || al >= 0x80 || rest.len() != 2 + usize::from(al) {
         return None;
@@ -273,10 +274,9 @@ fn string_kv<'a>(m: &Cursor<'a>) -> Option<(&'a str, &'a str)> {
     if t != 0x0a || sl >= 0x80 || any.len() != 2 + usize::from(sl) {
         return None;
     }
-    Some((
-        crate::protowire::utf8(key)?,
-        crate::protowire::utf8(&any[2..])?,
-    ))
+    // Every byte of `b` outside the key and the string is one of the
+    // tags and lengths checked above, all under 0x80.
+    crate::protowire::utf8_within(b, 2..key_end, key_end + 4..b.len())
 }
 
 /// Repeated `KeyValue`s as prost's types (for JSON), from `field` of `c`.
@@ -1007,6 +1007,9 @@ mod string_kv_tests {
             Some(("", "")),
             "empty key and string"
         );
+        // Not ASCII but UTF-8: each part checked on its own.
+        let utf = [0x0a, 2, 0xc3, 0xa9, 0x12, 4, 0x0a, 2, 0xc3, 0xbc];
+        assert_eq!(kv(&utf), Some(("\u{e9}", "\u{fc}")));
         let not: &[&[u8]] = &[
             &[],
             &[0x0a],
