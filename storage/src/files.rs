@@ -645,25 +645,51 @@ mod tests {
         assert_eq!(om.num_row_groups(), 4);
         assert_eq!(om.num_row_groups(), tm.num_row_groups());
         let schema = spans_schema();
-        let mut dict_columns = 0;
+        let (mut dict_columns, mut fixed_columns) = (0, 0);
         for g in 0..om.num_row_groups() {
             let (og, tg) = (om.row_group(g), tm.row_group(g));
             assert_eq!(og.num_rows(), tg.num_rows());
             for field in schema.fields() {
-                if !matches!(
-                    field.data_type(),
-                    DataType::Dictionary(..) | DataType::UInt8 | DataType::Int32 | DataType::UInt32
-                ) {
+                let fixed = matches!(field.data_type(), DataType::FixedSizeBinary(_));
+                if !fixed
+                    && !matches!(
+                        field.data_type(),
+                        DataType::Dictionary(..)
+                            | DataType::UInt8
+                            | DataType::Int32
+                            | DataType::UInt32
+                    )
+                {
                     continue;
                 }
                 let c = (0..og.num_columns())
                     .find(|&c| og.column(c).column_path().string() == *field.name())
                     .unwrap();
                 let (oc, tc) = (og.column(c), tg.column(c));
-                dict_columns += 1;
                 assert_eq!(oc.num_values(), tc.num_values(), "{}", field.name());
                 assert_eq!(oc.statistics(), tc.statistics(), "{}", field.name());
-                assert!(oc.dictionary_page_offset().is_some(), "{}", field.name());
+                assert_eq!(
+                    oc.page_encoding_stats(),
+                    tc.page_encoding_stats(),
+                    "{}",
+                    field.name()
+                );
+                if fixed {
+                    // The ids: PLAIN values, no dictionary, as parquet-rs
+                    // writes them (the trace id, with page statistics, is
+                    // parquet-rs's own).
+                    fixed_columns += 1;
+                    assert!(oc.dictionary_page_offset().is_none(), "{}", field.name());
+                    let encodings = |m: &parquet::file::metadata::ColumnChunkMetaData| {
+                        let mut e: Vec<_> = m.encodings().collect();
+                        e.sort_by_key(|e| format!("{e:?}"));
+                        e
+                    };
+                    assert_eq!(encodings(oc), encodings(tc), "{}", field.name());
+                } else {
+                    dict_columns += 1;
+                    assert!(oc.dictionary_page_offset().is_some(), "{}", field.name());
+                }
                 let (ob, tb) = (
                     ours.get_row_group(g)
                         .unwrap()
@@ -679,8 +705,12 @@ mod tests {
                 if let Some(ob) = ob {
                     let first = g * group;
                     for s in &want[first..(first + group).min(want.len())] {
-                        let svc = s.local.service_name.as_deref().unwrap();
-                        assert!(ob.check(&svc), "{svc} in row group {g}");
+                        if fixed {
+                            assert!(ob.check(s.trace_id.0.as_slice()), "trace id in group {g}");
+                        } else {
+                            let svc = s.local.service_name.as_deref().unwrap();
+                            assert!(ob.check(&svc), "{svc} in row group {g}");
+                        }
                     }
                     assert!(!ob.check(&"not-a-service"));
                 }
@@ -694,6 +724,7 @@ mod tests {
             dict_columns >= 4 * 20,
             "{dict_columns} dictionary chunks compared"
         );
+        assert_eq!(fixed_columns, 4 * 3, "trace, span and parent ids");
     }
 
     /// Where the layout does not apply, parquet-rs writes the column: a
@@ -735,6 +766,31 @@ mod tests {
             assert!(!encoded(int, &paged), "{int}");
         }
         assert!(!encoded(START, &ours));
+        // Fixed-width ids: ours PLAIN without statistics, bloom filter or
+        // dictionary (span and parent ids); the trace id, with page
+        // statistics and a bloom filter, and ids with a dictionary or
+        // statistics are parquet-rs's.
+        assert!(encoded("span_id", &ours));
+        assert!(encoded("parent_span_id", &ours));
+        assert!(!encoded(TRACE_ID, &ours));
+        let chunk_stats = ours
+            .clone()
+            .into_builder()
+            .set_column_statistics_enabled("span_id".into(), EnabledStatistics::Chunk)
+            .build();
+        assert!(!encoded("span_id", &chunk_stats));
+        let dictionary = ours
+            .clone()
+            .into_builder()
+            .set_column_dictionary_enabled("span_id".into(), true)
+            .build();
+        assert!(!encoded("span_id", &dictionary));
+        let bloom = ours
+            .clone()
+            .into_builder()
+            .set_column_bloom_filter_enabled("parent_span_id".into(), true)
+            .build();
+        assert!(!encoded("parent_span_id", &bloom));
         for props in [small, paged] {
             let mut out = Vec::new();
             write_parquet(&batch, &mut out, props, 300).unwrap();
