@@ -697,7 +697,31 @@ def write_atomic(path, doc):
     os.replace(tmp, path)
 
 
+class PortTaken(Exception):
+    """An Envoy could not bind a port reserved for it: something else on
+    the host (a test running beside this one) took it in between."""
+
+
+START_ATTEMPTS = 3
+
+
 def up(args):
+    """Starts the mesh; on a port taken between reservation and Envoy's
+    bind, stops everything and starts again on new ports."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _up_once(args)
+        except PortTaken as e:
+            print(
+                f"bookinfo: attempt {attempt} of {START_ATTEMPTS}: {e}",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(f"bookinfo: ports taken in all {START_ATTEMPTS} attempts", file=sys.stderr, flush=True)
+    return 1
+
+
+def _up_once(args):
     t0 = time.monotonic()
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -766,7 +790,10 @@ def up(args):
             for n in sorted(pending):
                 e = envoys[n]
                 if e.proc.poll() is not None:
-                    raise RuntimeError(f"envoy {n} exited with {e.proc.returncode}:\n{e.log_tail()}")
+                    tail = e.log_tail()
+                    if "Address already in use" in tail:
+                        raise PortTaken(f"envoy {n} exited with {e.proc.returncode}:\n{tail}")
+                    raise RuntimeError(f"envoy {n} exited with {e.proc.returncode}:\n{tail}")
                 if e.ready():
                     pending.discard(n)
             if stop.is_set():
