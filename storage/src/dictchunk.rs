@@ -213,7 +213,7 @@ fn ints<T: Copy>(
 /// Writes the chunk: the dictionary page (keyed payloads), then data
 /// pages of `data_page_row_count_limit` rows.
 fn write_chunk(
-    payload: Payload<'_>,
+    mut payload: Payload<'_>,
     rows: usize,
     nulls: Option<NullBuffer>,
     descr: &ColumnDescPtr,
@@ -222,27 +222,17 @@ fn write_chunk(
     let codec = props.compression(descr.path());
     let compress = codec == Compression::LZ4_RAW;
     let page_rows = props.data_page_row_count_limit().max(1);
-    let (mut keyed, fixed) = match payload {
-        Payload::Keyed(k) => (Some(k), None),
-        Payload::Fixed { data, width } => (None, Some((data, width))),
-    };
-    let capacity = match (&keyed, fixed) {
-        (Some(k), _) => k.plain.len() + rows / 2,
-        (None, Some((_, width))) => rows * width / 2,
-        (None, None) => 0,
+    let (capacity, data_encoding) = match &payload {
+        Payload::Keyed(k) => (k.plain.len() + rows / 2, Encoding::RLE_DICTIONARY),
+        Payload::Fixed { width, .. } => (rows * width / 2, Encoding::PLAIN),
     };
     let mut sink = TrackedWrite::new(Vec::with_capacity(capacity + 1024));
     let mut specs: Vec<(PageWriteSpec, usize)> = Vec::with_capacity(rows / page_rows + 2);
     let mut dictionary_page = None;
-    let data_encoding = if keyed.is_some() {
-        Encoding::RLE_DICTIONARY
-    } else {
-        Encoding::PLAIN
-    };
     {
         let mut pages = SerializedPageWriter::new(&mut sink);
         let mut bit_width = 0;
-        if let Some(k) = &mut keyed {
+        if let Payload::Keyed(k) = &mut payload {
             let plain = std::mem::take(&mut k.plain);
             let uncompressed = plain.len();
             let page = Page::DictionaryPage {
@@ -282,8 +272,8 @@ fn write_chunk(
                 buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
                 defined
             };
-            match (&keyed, fixed) {
-                (Some(k), _) => {
+            match &payload {
+                Payload::Keyed(k) => {
                     let ids = k.ids.get(next_id..next_id + defined).ok_or_else(|| {
                         ParquetError::General("fewer keys than defined rows".into())
                     })?;
@@ -291,28 +281,21 @@ fn write_chunk(
                     hybrid(ids, bit_width, &mut buf);
                     next_id += defined;
                 }
-                (None, Some((data, width))) => {
-                    let value = |i: usize| {
-                        data.get(i * width..(i + 1) * width).ok_or_else(|| {
+                Payload::Fixed { data, width } => {
+                    let rows_of = |from: usize, to: usize| {
+                        data.get(from * width..to * width).ok_or_else(|| {
                             ParquetError::General("fixed-width values shorter than the rows".into())
                         })
                     };
                     match &nulls {
-                        None => buf.extend_from_slice(
-                            data.get(first * width..end * width).ok_or_else(|| {
-                                ParquetError::General(
-                                    "fixed-width values shorter than the rows".into(),
-                                )
-                            })?,
-                        ),
+                        None => buf.extend_from_slice(rows_of(first, end)?),
                         Some(n) => {
                             for i in (first..end).filter(|&i| n.is_valid(i)) {
-                                buf.extend_from_slice(value(i)?);
+                                buf.extend_from_slice(rows_of(i, i + 1)?);
                             }
                         }
                     }
                 }
-                (None, None) => {}
             }
             let uncompressed = buf.len();
             let page = Page::DataPage {
@@ -333,10 +316,9 @@ fn write_chunk(
     }
     let bytes = Bytes::from(sink.into_inner()?);
 
-    let data_pages = &specs[..];
     let mut page_stats = Vec::with_capacity(2);
     let mut encodings = vec![Encoding::PLAIN, Encoding::RLE];
-    if keyed.is_some() {
+    if dictionary_page.is_some() {
         page_stats.push(PageEncodingStats {
             page_type: PageType::DICTIONARY_PAGE,
             encoding: Encoding::PLAIN,
@@ -347,7 +329,7 @@ fn write_chunk(
     page_stats.push(PageEncodingStats {
         page_type: PageType::DATA_PAGE,
         encoding: data_encoding,
-        count: data_pages.len() as i32,
+        count: specs.len() as i32,
     });
     let all_pages = dictionary_page.iter().chain(specs.iter().map(|(s, _)| s));
     let mut meta = ColumnChunkMetaData::builder(descr.clone())
@@ -359,19 +341,19 @@ fn write_chunk(
         .set_num_values(rows as i64)
         .set_dictionary_page_offset(dictionary_page.as_ref().map(|s| s.offset as i64))
         .set_data_page_offset(
-            data_pages
+            specs
                 .first()
                 .map_or(bytes.len() as i64, |(s, _)| s.offset as i64),
         );
-    let (statistics, bloom_filter) = match keyed {
-        Some(k) => (k.statistics, k.bloom_filter),
-        None => (None, None),
+    let (statistics, bloom_filter) = match payload {
+        Payload::Keyed(k) => (k.statistics, k.bloom_filter),
+        Payload::Fixed { .. } => (None, None),
     };
     if let Some(s) = statistics {
         meta = meta.set_statistics(s);
     }
     let offset_index = OffsetIndexMetaData {
-        page_locations: data_pages
+        page_locations: specs
             .iter()
             .map(|(s, first)| {
                 Ok(PageLocation {

@@ -773,23 +773,17 @@ mod tests {
         assert!(encoded("span_id", &ours));
         assert!(encoded("parent_span_id", &ours));
         assert!(!encoded(TRACE_ID, &ours));
-        let chunk_stats = ours
-            .clone()
-            .into_builder()
-            .set_column_statistics_enabled("span_id".into(), EnabledStatistics::Chunk)
-            .build();
+        let with = |f: fn(
+            parquet::file::properties::WriterPropertiesBuilder,
+        ) -> parquet::file::properties::WriterPropertiesBuilder| {
+            f(ours.clone().into_builder()).build()
+        };
+        let chunk_stats =
+            with(|b| b.set_column_statistics_enabled("span_id".into(), EnabledStatistics::Chunk));
         assert!(!encoded("span_id", &chunk_stats));
-        let dictionary = ours
-            .clone()
-            .into_builder()
-            .set_column_dictionary_enabled("span_id".into(), true)
-            .build();
+        let dictionary = with(|b| b.set_column_dictionary_enabled("span_id".into(), true));
         assert!(!encoded("span_id", &dictionary));
-        let bloom = ours
-            .clone()
-            .into_builder()
-            .set_column_bloom_filter_enabled("parent_span_id".into(), true)
-            .build();
+        let bloom = with(|b| b.set_column_bloom_filter_enabled("parent_span_id".into(), true));
         assert!(!encoded("parent_span_id", &bloom));
         for props in [small, paged] {
             let mut out = Vec::new();
