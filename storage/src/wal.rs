@@ -5,9 +5,22 @@
 //! the fsync that covers it. On open, a torn frame at the tail of the newest
 //! segment (a crash mid-write) is cut off; damage anywhere else is reported
 //! and the rest of that segment skipped.
+//!
+//! Segments are written with `O_DIRECT` where the file system takes it
+//! ([`Segment`]): a grouped write is copied once into a block-aligned buffer
+//! and goes to the device without the page cache. Through the page cache,
+//! a span's ~600 WAL bytes were copied by `writev`, given buffer heads and
+//! delayed-allocation extents, written back by `fdatasync` and dropped again
+//! when the segment was deleted: ~10 % of one-core OTLP ingest's time, all
+//! in the kernel (docs/BENCHMARKS.md). A direct write covers whole blocks,
+//! so the last, partial block of a segment is written again, with the same
+//! bytes in front, by the next grouped write, and the zeros after the last
+//! frame (fewer than a block) are padding, not a torn record. A sealed
+//! segment is cut to its frames.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::walbatch::EncodedBatch;
@@ -31,9 +44,108 @@ pub struct ReplayReport {
     pub corrupt_segments: Vec<String>,
 }
 
+/// Alignment of direct writes: of the buffer, the file offset and the
+/// length. 4096 covers devices of 512- and 4096-byte logical blocks.
+const BLOCK: usize = 4096;
+
+/// The segment appends go to.
+enum Segment {
+    /// Opened with `O_DIRECT`.
+    Direct {
+        file: File,
+        /// Over-allocated by a block, so that a block-aligned window of it
+        /// can be handed to the kernel; reused by every write.
+        buf: Vec<u8>,
+        /// The segment's last, partial block (fewer than [`BLOCK`] bytes),
+        /// already on disk, written again in front of the next frames.
+        tail: Vec<u8>,
+    },
+    /// Through the page cache, in append mode: where `O_DIRECT` is refused
+    /// (tmpfs, some network file systems).
+    Buffered(File),
+}
+
+impl Segment {
+    fn file(&self) -> &File {
+        match self {
+            Segment::Direct { file, .. } | Segment::Buffered(file) => file,
+        }
+    }
+
+    /// Appends `slices` (in order) to a segment holding `len` bytes, and
+    /// makes them durable.
+    fn append_synced(&mut self, len: u64, slices: &[&[u8]], path: &Path) -> io::Result<()> {
+        if let Segment::Direct { file, buf, tail } = self {
+            match write_direct(file, buf, tail, len, slices) {
+                Ok(()) => return file.sync_data(),
+                // Opened with O_DIRECT but refused at the write (some FUSE
+                // and network file systems): the page cache from here on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(segment = %path.display(), "WAL: direct write refused; writing through the page cache");
+                    file.set_len(len)?;
+                    *self = Segment::Buffered(OpenOptions::new().append(true).open(path)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Segment::Buffered(file) = self else {
+            unreachable!("a direct segment returned above")
+        };
+        let mut io: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
+        let mut left = &mut io[..];
+        while !left.is_empty() {
+            match file.write_vectored(left) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the WAL segment took no bytes",
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        file.sync_data()
+    }
+}
+
+/// One direct write of the partial last block and `slices` after it, zero
+/// padded to whole blocks, at the offset of that block.
+fn write_direct(
+    file: &File,
+    buf: &mut Vec<u8>,
+    tail: &mut Vec<u8>,
+    len: u64,
+    slices: &[&[u8]],
+) -> io::Result<()> {
+    let data = tail.len() + slices.iter().map(|s| s.len()).sum::<usize>();
+    let padded = data.div_ceil(BLOCK) * BLOCK;
+    if buf.len() < padded + BLOCK {
+        *buf = vec![0; padded + BLOCK];
+    }
+    let start = buf.as_ptr().align_offset(BLOCK);
+    let window = &mut buf[start..start + padded];
+    let mut at = tail.len();
+    window[..at].copy_from_slice(tail);
+    for s in slices {
+        window[at..at + s.len()].copy_from_slice(s);
+        at += s.len();
+    }
+    window[data..].fill(0);
+    let offset = len - tail.len() as u64;
+    debug_assert_eq!(offset % BLOCK as u64, 0);
+    file.write_all_at(window, offset)?;
+    tail.clear();
+    tail.extend_from_slice(&window[data - data % BLOCK..data]);
+    Ok(())
+}
+
 pub struct Wal {
     dir: PathBuf,
-    current: File,
+    /// Whether new segments are opened with `O_DIRECT`.
+    direct: bool,
+    current: Segment,
     current_id: u64,
     current_bytes: u64,
     /// Sealed segments not yet removed: (id, bytes).
@@ -117,6 +229,7 @@ impl Frames {
         self.0.clear();
     }
     /// Bytes the frames take on disk.
+    #[cfg(test)]
     pub fn len_bytes(&self) -> usize {
         self.0.iter().map(|(_, p)| HEADER + p.len()).sum()
     }
@@ -154,10 +267,22 @@ pub fn decode_frames(buf: &[u8]) -> (Vec<WalRecord>, usize) {
     (records, off)
 }
 
+/// Whether the bytes after a segment's last frame are the zero padding of
+/// a direct write (fewer than a block of zeros) rather than a torn record.
+fn is_padding(rest: &[u8]) -> bool {
+    rest.len() < BLOCK && rest.iter().all(|&b| b == 0)
+}
+
 impl Wal {
     /// Opens the WAL in `dir`, returning every intact record in order.
     /// Appends go to a fresh segment after the existing ones.
     pub fn open(dir: &Path) -> io::Result<(Wal, Vec<WalRecord>, ReplayReport)> {
+        Self::open_as(dir, direct_wanted())
+    }
+
+    /// [`Wal::open`], new segments direct (where the file system takes it)
+    /// or through the page cache.
+    fn open_as(dir: &Path, direct: bool) -> io::Result<(Wal, Vec<WalRecord>, ReplayReport)> {
         fs::create_dir_all(dir)?;
         let ids = list_segments(dir)?;
         let mut records = Vec::new();
@@ -171,7 +296,13 @@ impl Wal {
             report.segments += 1;
             report.records += recs.len();
             records.extend(recs);
-            if good < buf.len() {
+            if good < buf.len() && is_padding(&buf[good..]) {
+                // The last direct write's padding: cut it off so the
+                // segment ends with its last frame, as a sealed one does.
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(good as u64)?;
+                f.sync_all()?;
+            } else if good < buf.len() {
                 let bad = (buf.len() - good) as u64;
                 if i + 1 == ids.len() {
                     // A torn write at the very end: cut it off so later appends
@@ -189,10 +320,11 @@ impl Wal {
             sealed.push((id, good as u64));
         }
         let current_id = ids.last().map_or(1, |l| l + 1);
-        let current = create_segment(dir, current_id)?;
+        let current = create_segment(dir, current_id, direct)?;
         Ok((
             Wal {
                 dir: dir.to_path_buf(),
+                direct,
                 current,
                 current_id,
                 current_bytes: 0,
@@ -203,46 +335,44 @@ impl Wal {
         ))
     }
 
-    /// Appends `frames` (one `writev` per up to IOV_MAX slices) and fsyncs.
+    /// Appends `frames` (one direct write, or one `writev` per up to
+    /// IOV_MAX slices) and fsyncs.
     pub fn write_frames_synced(&mut self, frames: &Frames) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * frames.0.len());
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(2 * frames.0.len());
         for (h, p) in &frames.0 {
-            slices.push(IoSlice::new(h));
-            p.for_each_slice(|s| slices.push(IoSlice::new(s)));
+            slices.push(h);
+            p.for_each_slice(|s| slices.push(s));
         }
-        let mut left = &mut slices[..];
-        while !left.is_empty() {
-            match self.current.write_vectored(left) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the WAL segment took no bytes",
-                    ));
-                }
-                Ok(n) => IoSlice::advance_slices(&mut left, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.current.sync_data()?;
-        self.current_bytes += frames.len_bytes() as u64;
+        self.append_synced(&slices)
+    }
+
+    fn append_synced(&mut self, slices: &[&[u8]]) -> io::Result<()> {
+        let path = segment_path(&self.dir, self.current_id);
+        self.current
+            .append_synced(self.current_bytes, slices, &path)?;
+        self.current_bytes += slices.iter().map(|s| s.len() as u64).sum::<u64>();
         Ok(())
     }
 
     /// Appends raw bytes and fsyncs (tests: torn and hand-made frames).
     #[cfg(test)]
     fn write_synced(&mut self, frames: &[u8]) -> io::Result<()> {
-        self.current.write_all(frames)?;
-        self.current.sync_data()?;
-        self.current_bytes += frames.len() as u64;
-        Ok(())
+        self.append_synced(&[frames])
+    }
+
+    /// Whether appends bypass the page cache (tests).
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        matches!(self.current, Segment::Direct { .. })
     }
 
     /// Seals the current segment and starts a new one; returns the sealed id.
     pub fn rotate(&mut self) -> io::Result<u64> {
-        let next = create_segment(&self.dir, self.current_id + 1)?;
+        let next = create_segment(&self.dir, self.current_id + 1, self.direct)?;
         let old = std::mem::replace(&mut self.current, next);
-        old.sync_all()?;
+        // A direct segment ends in the padding of its last block.
+        old.file().set_len(self.current_bytes)?;
+        old.file().sync_all()?;
         self.sealed.push((self.current_id, self.current_bytes));
         let sealed = self.current_id;
         self.current_id += 1;
@@ -278,14 +408,38 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, id))?;
+/// Whether new segments are opened with `O_DIRECT` (on unless
+/// `MESHLENS_WAL_DIRECT=0`: the page cache path, for comparison and tests).
+fn direct_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var("MESHLENS_WAL_DIRECT").as_deref() != Ok("0"))
+}
+
+fn create_segment(dir: &Path, id: u64, direct: bool) -> io::Result<Segment> {
+    let path = segment_path(dir, id);
+    let segment = match direct
+        .then(|| {
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+        })
+        .transpose()
+    {
+        Ok(Some(file)) => Segment::Direct {
+            file,
+            buf: Vec::new(),
+            tail: Vec::new(),
+        },
+        // No O_DIRECT here (tmpfs answers EINVAL): the page cache.
+        Ok(None) | Err(_) => {
+            Segment::Buffered(OpenOptions::new().create(true).append(true).open(&path)?)
+        }
+    };
     // Make the new directory entry itself durable.
     File::open(dir)?.sync_all()?;
-    Ok(f)
+    Ok(segment)
 }
 
 #[cfg(test)]
@@ -299,86 +453,227 @@ mod tests {
         d
     }
 
+    /// Both ways of appending: direct (where this file system takes
+    /// `O_DIRECT`) and through the page cache.
+    fn modes(dir: &Path) -> Vec<bool> {
+        let probe = dir.join("probe");
+        fs::create_dir_all(dir).expect("dir");
+        let direct = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        let _ = fs::remove_file(&probe);
+        if !direct {
+            eprintln!(
+                "NOTE: {} takes no O_DIRECT; only the page cache path of the WAL is tested here",
+                dir.display()
+            );
+        }
+        if direct {
+            vec![true, false]
+        } else {
+            vec![false]
+        }
+    }
+
     #[test]
     fn records_survive_reopen_and_torn_tail_is_cut() {
-        let dir = tmp("torn");
-        {
-            let (mut wal, recs, _) = Wal::open(&dir).expect("open");
-            assert!(recs.is_empty());
+        for direct in modes(&tmp("torn-probe")) {
+            let dir = tmp(&format!("torn-{direct}"));
+            {
+                let (mut wal, recs, _) = Wal::open_as(&dir, direct).expect("open");
+                assert_eq!(wal.is_direct(), direct);
+                assert!(recs.is_empty());
+                let mut buf = Vec::new();
+                encode_frame(1, b"one", &mut buf);
+                encode_frame(2, b"two", &mut buf);
+                wal.write_synced(&buf).expect("write");
+                // A torn frame: header promises more than is there.
+                let mut torn = Vec::new();
+                encode_frame(3, b"three-three", &mut torn);
+                wal.write_synced(&torn[..torn.len() - 4]).expect("write");
+            }
+            let (mut wal, recs, report) = Wal::open_as(&dir, direct).expect("reopen");
+            assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+            assert_eq!(recs[1].payload, b"two");
+            // What is cut: the torn frame, and after a direct write the
+            // zeros that pad its block.
+            let good = 2 * HEADER + 6;
+            let torn = HEADER + 11 - 4;
+            let cut = if direct { BLOCK - good } else { torn };
+            assert_eq!(report.torn_tail_bytes, cut as u64, "direct={direct}");
             let mut buf = Vec::new();
-            encode_frame(1, b"one", &mut buf);
-            encode_frame(2, b"two", &mut buf);
+            encode_frame(3, b"after", &mut buf);
             wal.write_synced(&buf).expect("write");
-            // A torn frame: header promises more than is there.
-            let mut torn = Vec::new();
-            encode_frame(3, b"three-three", &mut torn);
-            wal.write_synced(&torn[..torn.len() - 4]).expect("write");
+            drop(wal);
+            let (_, recs, report) = Wal::open_as(&dir, direct).expect("reopen 2");
+            assert_eq!(
+                recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
+            // The zeros after the last direct write are padding.
+            assert_eq!(report.torn_tail_bytes, 0);
+            assert!(report.corrupt_segments.is_empty());
+            let _ = fs::remove_dir_all(&dir);
         }
-        let (mut wal, recs, report) = Wal::open(&dir).expect("reopen");
-        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(recs[1].payload, b"two");
-        assert!(report.torn_tail_bytes > 0);
-        let mut buf = Vec::new();
-        encode_frame(3, b"after", &mut buf);
-        wal.write_synced(&buf).expect("write");
-        drop(wal);
-        let (_, recs, _) = Wal::open(&dir).expect("reopen 2");
-        assert_eq!(
-            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn grouped_frames_are_written_as_encode_frame_writes_them() {
         // More slices than one writev takes (IOV_MAX is 1024): the loop
-        // must carry on where the kernel stopped.
-        let dir = tmp("frames");
-        let payloads: Vec<Vec<u8>> = (0..1500u32)
-            .map(|i| (0..(i % 300)).map(|b| (b ^ i) as u8).collect())
-            .collect();
-        let mut want = Vec::new();
-        {
-            let (mut wal, _, _) = Wal::open(&dir).expect("open");
-            let mut frames = Frames::default();
-            for (i, p) in payloads.iter().enumerate() {
-                frames.push(i as u64 + 1, Payload::Bytes(p.clone()));
-                encode_frame(i as u64 + 1, p, &mut want);
+        // must carry on where the kernel stopped. A direct write takes
+        // them in one copy.
+        for direct in modes(&tmp("frames-probe")) {
+            let dir = tmp(&format!("frames-{direct}"));
+            let payloads: Vec<Vec<u8>> = (0..1500u32)
+                .map(|i| (0..(i % 300)).map(|b| (b ^ i) as u8).collect())
+                .collect();
+            let mut want = Vec::new();
+            {
+                let (mut wal, _, _) = Wal::open_as(&dir, direct).expect("open");
+                let mut frames = Frames::default();
+                for (i, p) in payloads.iter().enumerate() {
+                    frames.push(i as u64 + 1, Payload::Bytes(p.clone()));
+                    encode_frame(i as u64 + 1, p, &mut want);
+                }
+                assert_eq!(frames.len_bytes(), want.len());
+                wal.write_frames_synced(&frames).expect("write");
+                assert_eq!(wal.total_bytes(), want.len() as u64);
+                frames.clear();
+                assert_eq!(frames.len_bytes(), 0);
             }
-            assert_eq!(frames.len_bytes(), want.len());
-            wal.write_frames_synced(&frames).expect("write");
-            assert_eq!(wal.total_bytes(), want.len() as u64);
-            frames.clear();
-            assert_eq!(frames.len_bytes(), 0);
+            let on_disk = fs::read(segment_path(&dir, 1)).expect("segment");
+            if direct {
+                // Whole blocks: the frames, then zeros.
+                assert_eq!(on_disk.len(), want.len().div_ceil(BLOCK) * BLOCK);
+                assert!(on_disk[want.len()..].iter().all(|&b| b == 0));
+            } else {
+                assert_eq!(on_disk.len(), want.len());
+            }
+            assert_eq!(on_disk[..want.len()], want[..]);
+            let (_, recs, report) = Wal::open_as(&dir, direct).expect("reopen");
+            assert_eq!(report.torn_tail_bytes, 0);
+            assert_eq!(recs.len(), payloads.len());
+            for (i, (r, p)) in recs.iter().zip(&payloads).enumerate() {
+                assert_eq!((r.seq, &r.payload), (i as u64 + 1, p));
+            }
+            // Replay cut the padding off.
+            assert_eq!(fs::read(segment_path(&dir, 1)).expect("segment"), want);
+            let _ = fs::remove_dir_all(&dir);
         }
-        let on_disk = fs::read(segment_path(&dir, 1)).expect("segment");
-        assert_eq!(on_disk, want);
-        let (_, recs, report) = Wal::open(&dir).expect("reopen");
-        assert_eq!(report.torn_tail_bytes, 0);
-        assert_eq!(recs.len(), payloads.len());
-        for (i, (r, p)) in recs.iter().zip(&payloads).enumerate() {
-            assert_eq!((r.seq, &r.payload), (i as u64 + 1, p));
+    }
+
+    /// Direct writes of every size around block boundaries: each rewrites
+    /// the partial last block with the bytes already there, so the segment
+    /// is always exactly the frames so far, then zeros to the block.
+    #[test]
+    fn direct_writes_keep_the_partial_block() {
+        if !modes(&tmp("blocks-probe")).contains(&true) {
+            return;
         }
+        let dir = tmp("blocks");
+        let (mut wal, _, _) = Wal::open_as(&dir, true).expect("open");
+        let mut want = Vec::new();
+        let sizes = [
+            0usize,
+            1,
+            7,
+            BLOCK - HEADER - 1,
+            BLOCK - HEADER,
+            BLOCK,
+            3 * BLOCK + 5,
+            13,
+            2 * BLOCK - 40,
+        ];
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|b| (b * 31 + i) as u8 | 1).collect();
+            let mut frame = Vec::new();
+            encode_frame(i as u64, &payload, &mut frame);
+            wal.write_synced(&frame).expect("write");
+            want.extend_from_slice(&frame);
+            let on_disk = fs::read(segment_path(&dir, 1)).expect("segment");
+            assert_eq!(
+                on_disk.len(),
+                want.len().div_ceil(BLOCK) * BLOCK,
+                "after write {i}"
+            );
+            assert_eq!(on_disk[..want.len()], want[..], "after write {i}");
+            assert!(on_disk[want.len()..].iter().all(|&b| b == 0));
+        }
+        // Sealing cuts the segment to its frames.
+        wal.rotate().expect("rotate");
+        assert_eq!(fs::read(segment_path(&dir, 1)).expect("segment"), want);
+        drop(wal);
+        let (_, recs, report) = Wal::open_as(&dir, true).expect("reopen");
+        assert_eq!(recs.len(), sizes.len());
+        assert_eq!(
+            (report.torn_tail_bytes, report.corrupt_segments.len()),
+            (0, 0)
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A crash after the next segment was created but before the sealed one
+    /// was cut leaves padding in a segment that is not the last: that is
+    /// not damage. More than a block of zeros, or anything but zeros, is.
+    #[test]
+    fn padding_in_an_older_segment_is_not_corruption() {
+        let dir = tmp("padding");
+        fs::create_dir_all(&dir).expect("dir");
+        let mut one = Vec::new();
+        encode_frame(1, b"one", &mut one);
+        let mut padded = one.clone();
+        padded.resize(BLOCK, 0);
+        fs::write(segment_path(&dir, 1), &padded).expect("segment 1");
+        let mut two = Vec::new();
+        encode_frame(2, b"two", &mut two);
+        let mut long = two.clone();
+        long.resize(two.len() + BLOCK, 0);
+        fs::write(segment_path(&dir, 2), &long).expect("segment 2");
+        let mut three = Vec::new();
+        encode_frame(3, b"three", &mut three);
+        three.extend_from_slice(&[0, 0, 7]);
+        fs::write(segment_path(&dir, 3), &three).expect("segment 3");
+        let mut four = Vec::new();
+        encode_frame(4, b"four", &mut four);
+        fs::write(segment_path(&dir, 4), &four).expect("segment 4");
+        let (_, recs, report) = Wal::open_as(&dir, false).expect("open");
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            report.corrupt_segments.len(),
+            2,
+            "{:?}",
+            report.corrupt_segments
+        );
+        assert!(report.corrupt_segments[0].ends_with("0000000000000002.wal"));
+        assert!(report.corrupt_segments[1].ends_with("0000000000000003.wal"));
+        assert_eq!(fs::read(segment_path(&dir, 1)).expect("segment 1"), one);
         let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn rotate_and_remove() {
-        let dir = tmp("rotate");
-        let (mut wal, _, _) = Wal::open(&dir).expect("open");
-        let mut buf = Vec::new();
-        encode_frame(1, b"a", &mut buf);
-        wal.write_synced(&buf).expect("w");
-        let sealed = wal.rotate().expect("rotate");
-        buf.clear();
-        encode_frame(2, b"b", &mut buf);
-        wal.write_synced(&buf).expect("w");
-        wal.remove_through(sealed).expect("remove");
-        drop(wal);
-        let (_, recs, _) = Wal::open(&dir).expect("reopen");
-        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
-        let _ = fs::remove_dir_all(&dir);
+        for direct in modes(&tmp("rotate-probe")) {
+            let dir = tmp(&format!("rotate-{direct}"));
+            let (mut wal, _, _) = Wal::open_as(&dir, direct).expect("open");
+            let mut buf = Vec::new();
+            encode_frame(1, b"a", &mut buf);
+            wal.write_synced(&buf).expect("w");
+            let sealed = wal.rotate().expect("rotate");
+            buf.clear();
+            encode_frame(2, b"b", &mut buf);
+            wal.write_synced(&buf).expect("w");
+            wal.remove_through(sealed).expect("remove");
+            drop(wal);
+            let (_, recs, _) = Wal::open_as(&dir, direct).expect("reopen");
+            assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]
