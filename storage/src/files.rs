@@ -104,10 +104,7 @@ type HourRanges = Vec<(i64, std::ops::Range<usize>)>;
 /// and each hour's range of that order.
 ///
 /// Rows are put into their hours by counting, then each hour's rows are
-/// sorted by 64 bits of the trace id, those after the bits every id of
-/// the hour shares (the zero high half of 64-bit ids, say), and only runs
-/// of equal bits (a trace's spans) by the whole key: sorting a million
-/// 48-byte keys by all their fields had been ~3 % of one-core ingest.
+/// sorted by [`sort_rows`] on keys of plain integers.
 fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32>>, HourRanges)> {
     let schema_err = |what: &str| arrow::error::ArrowError::SchemaError(what.to_string());
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -174,41 +171,24 @@ fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32
     for (h, part) in by_time.iter().zip(parts.iter_mut()) {
         part.1.end = first[*h];
     }
-    let whole = |a: &SortRow, b: &SortRow| {
-        let (a, b) = (a.row as usize, b.row as usize);
-        (traces[a], starts[a], a).cmp(&(traces[b], starts[b], b))
-    };
     for (_, range) in &parts {
         let rows = &mut order[range.clone()];
         let Some(&SortRow { row: r0, .. }) = rows.first() else {
             continue;
         };
+        // The bits every trace id of the hour shares are shifted out, so
+        // that the top bits, which `sort_rows` buckets by, vary.
         let varying = rows.iter().fold(0u128, |acc, r| {
             acc | (traces[r.row as usize] ^ traces[r0 as usize])
         });
-        let shared = varying.leading_zeros().min(64);
+        let shared = varying.leading_zeros().min(127);
         for r in rows.iter_mut() {
             let i = r.row as usize;
-            r.trace = ((traces[i] << shared) >> 64) as u64;
-            // No start first, then by start; i64::MAX and MAX - 1 share a
-            // key, put right below.
-            r.start = starts[i].map_or(0, |t| ((t as u64) ^ (1 << 63)).saturating_add(1));
+            let id = traces[i] << shared;
+            (r.hi, r.lo) = ((id >> 64) as u64, id as u64);
+            (r.has_start, r.start) = (starts[i].is_some(), starts[i].unwrap_or(0));
         }
         sort_rows(rows);
-        // Rows whose 64 bits of trace id are equal but whose ids are not
-        // (or whose starts shared a key): ordered by the whole key. Rare.
-        let mut i = 0;
-        while i < rows.len() {
-            let mut j = i + 1;
-            while j < rows.len() && rows[j].trace == rows[i].trace {
-                j += 1;
-            }
-            let run = &mut rows[i..j];
-            if !run.is_sorted_by(|a, b| whole(a, b).is_lt()) {
-                run.sort_unstable_by(whole);
-            }
-            i = j;
-        }
     }
     let mut flat = vec![0u32; total];
     for (i, &SortRow { row, .. }) in order.iter().enumerate() {
@@ -224,34 +204,37 @@ fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32
     Ok((pos, parts))
 }
 
-/// A row being sorted: 64 bits of its trace id, its start time as an
-/// unsigned key, its place in arrival order.
+/// A row being sorted, its fields in the order of the sort: its trace id
+/// (without the bits every id of its hour shares), whether it has a start
+/// time and that time, its place in arrival order.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct SortRow {
-    trace: u64,
-    start: u64,
+    hi: u64,
+    lo: u64,
+    has_start: bool,
+    start: i64,
     row: u32,
 }
 
 /// Sorts `rows`: one pass puts them into buckets by the top
-/// [`BUCKET_BITS`] bits of the trace key that vary (trace ids spread them
-/// evenly), then each bucket is sorted on its own, a few rows each. Sorting
-/// a million 48-byte keys of every field with pdqsort had been ~3 % of
-/// one-core ingest.
+/// [`BUCKET_BITS`] bits of `hi` that vary (trace ids spread them evenly),
+/// then each bucket is sorted on its own, a few rows each. Sorting a
+/// million 48-byte keys with pdqsort, comparing `Option`s and `u128`s,
+/// had been ~3 % of one-core ingest.
 fn sort_rows(rows: &mut [SortRow]) {
     if rows.len() < 1 << 12 {
         rows.sort_unstable();
         return;
     }
-    let (min, max) = rows.iter().fold((u64::MAX, 0), |(lo, hi), r| {
-        (lo.min(r.trace), hi.max(r.trace))
-    });
+    let (min, max) = rows
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r.hi), hi.max(r.hi)));
     let shift = (64 - (min ^ max).leading_zeros()).saturating_sub(BUCKET_BITS);
     let bucket = |k: u64| ((k - min) >> shift) as usize;
     let buckets = bucket(max) + 1;
     let mut starts = vec![0usize; buckets + 1];
     for r in rows.iter() {
-        starts[bucket(r.trace) + 1] += 1;
+        starts[bucket(r.hi) + 1] += 1;
     }
     for i in 0..buckets {
         starts[i + 1] += starts[i];
@@ -259,7 +242,7 @@ fn sort_rows(rows: &mut [SortRow]) {
     let mut next = starts.clone();
     let mut out = vec![SortRow::default(); rows.len()];
     for &r in rows.iter() {
-        let b = bucket(r.trace);
+        let b = bucket(r.hi);
         out[next[b]] = r;
         next[b] += 1;
     }
@@ -977,8 +960,10 @@ mod tests {
                     x ^= x << 17;
                     let key = if spread == 64 { x } else { x & ((1u64 << spread) - 1) };
                     SortRow {
-                        trace: (key / repeat * repeat) ^ 0xF0F0_0000_0000_0000,
-                        start: x % 3,
+                        hi: (key / repeat * repeat) ^ 0xF0F0_0000_0000_0000,
+                        lo: x % 3,
+                        has_start: x % 5 != 0,
+                        start: (x % 7) as i64 - 3,
                         row: i.wrapping_mul(2_654_435_761),
                     }
                 })
@@ -989,11 +974,10 @@ mod tests {
             proptest::prop_assert_eq!(rows, want);
         }
 
-        /// The sort by the varying 64 bits of the trace id, then by the
-        /// whole key within runs, orders rows as sorting every whole key
-        /// does: random ids, 64-bit ids (zero high half), ids sharing long
-        /// prefixes, repeated ids with and without start times, several
-        /// hours and empty batches.
+        /// Rows are ordered as sorting their whole keys (hour, trace id,
+        /// optional start, arrival) orders them: random ids, 64-bit ids
+        /// (zero high half), ids sharing long prefixes, repeated ids with
+        /// and without start times, several hours and empty batches.
         #[test]
         fn sort_positions_order_rows_by_their_whole_keys(
             rows in proptest::collection::vec(
