@@ -111,12 +111,11 @@ fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32
     if u32::try_from(total).is_err() || u32::try_from(batches.len()).is_err() {
         return Err(schema_err("too many rows to sort at once").into());
     }
-    // Per row in arrival order: its trace id, start and hour (as an index
-    // into `hours`, in order of first appearance).
-    let mut traces: Vec<u128> = Vec::with_capacity(total);
-    let mut starts: Vec<Option<i64>> = Vec::with_capacity(total);
+    // Per row in arrival order: its key (the whole trace id for now) and
+    // its hour, as an index into `hours` (in order of first appearance).
+    let mut keys: Vec<SortRow> = Vec::with_capacity(total);
     let mut hour_of: Vec<u32> = Vec::with_capacity(total);
-    let mut hours: Vec<i64> = Vec::new();
+    let mut hours: Vec<Hour> = Vec::new();
     for batch in batches {
         let ids = batch
             .column_by_name(TRACE_ID)
@@ -130,63 +129,60 @@ fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32
         for r in 0..batch.num_rows() {
             let start = start.is_valid(r).then(|| start.value(r));
             let id: [u8; 16] = ids.value(r).try_into().unwrap_or_default();
-            traces.push(u128::from_be_bytes(id));
-            starts.push(start);
+            let id = u128::from_be_bytes(id);
             let hour = start.unwrap_or(fallback).div_euclid(HOUR_NANOS) * HOUR_NANOS;
-            let h = match hours.iter().position(|&x| x == hour) {
+            let h = match hours.iter().position(|x| x.hour == hour) {
                 Some(h) => h,
                 None => {
-                    hours.push(hour);
+                    hours.push(Hour {
+                        hour,
+                        first_id: id,
+                        varying: 0,
+                        rows: 0,
+                    });
                     hours.len() - 1
                 }
             };
+            let of = &mut hours[h];
+            of.varying |= id ^ of.first_id;
+            of.rows += 1;
             hour_of.push(h as u32);
+            keys.push(SortRow {
+                hi: (id >> 64) as u64,
+                lo: id as u64,
+                has_start: start.is_some(),
+                start: start.unwrap_or(0),
+                row: keys.len() as u32,
+            });
         }
     }
-    // Hours in time order; each hour's rows in arrival order.
+    // Hours in time order, each a range of `order`; its rows put there in
+    // arrival order.
     let mut by_time: Vec<usize> = (0..hours.len()).collect();
-    by_time.sort_unstable_by_key(|&h| hours[h]);
-    let mut first = vec![0usize; hours.len()];
-    {
-        let mut count = vec![0usize; hours.len()];
-        for &h in &hour_of {
-            count[h as usize] += 1;
-        }
-        let mut at = 0;
-        for &h in &by_time {
-            first[h] = at;
-            at += count[h];
-        }
+    by_time.sort_unstable_by_key(|&h| hours[h].hour);
+    let mut next = vec![0usize; hours.len()];
+    let mut parts: HourRanges = Vec::with_capacity(hours.len());
+    for &h in &by_time {
+        let at = parts.last().map_or(0, |(_, r)| r.end);
+        next[h] = at;
+        parts.push((hours[h].hour, at..at + hours[h].rows));
     }
-    let mut parts: HourRanges = by_time
-        .iter()
-        .map(|&h| (hours[h], first[h]..first[h]))
-        .collect();
     let mut order: Vec<SortRow> = vec![SortRow::default(); total];
-    for (row, &h) in hour_of.iter().enumerate() {
-        let at = &mut first[h as usize];
-        order[*at].row = row as u32;
-        *at += 1;
+    for (key, &h) in keys.iter().zip(&hour_of) {
+        order[next[h as usize]] = *key;
+        next[h as usize] += 1;
     }
-    for (h, part) in by_time.iter().zip(parts.iter_mut()) {
-        part.1.end = first[*h];
-    }
-    for (_, range) in &parts {
-        let rows = &mut order[range.clone()];
-        let Some(&SortRow { row: r0, .. }) = rows.first() else {
-            continue;
-        };
+    drop(keys);
+    for (&h, (_, range)) in by_time.iter().zip(&parts) {
         // The bits every trace id of the hour shares are shifted out, so
         // that the top bits, which `sort_rows` buckets by, vary.
-        let varying = rows.iter().fold(0u128, |acc, r| {
-            acc | (traces[r.row as usize] ^ traces[r0 as usize])
-        });
-        let shared = varying.leading_zeros().min(127);
-        for r in rows.iter_mut() {
-            let i = r.row as usize;
-            let id = traces[i] << shared;
-            (r.hi, r.lo) = ((id >> 64) as u64, id as u64);
-            (r.has_start, r.start) = (starts[i].is_some(), starts[i].unwrap_or(0));
+        let shared = hours[h].varying.leading_zeros().min(127);
+        let rows = &mut order[range.clone()];
+        if shared > 0 {
+            for r in rows.iter_mut() {
+                let id = ((u128::from(r.hi) << 64) | u128::from(r.lo)) << shared;
+                (r.hi, r.lo) = ((id >> 64) as u64, id as u64);
+            }
         }
         sort_rows(rows);
     }
@@ -202,6 +198,15 @@ fn sort_positions(batches: &[RecordBatch], fallback: i64) -> Result<(Vec<Vec<u32
         rest = after;
     }
     Ok((pos, parts))
+}
+
+/// An hour's rows while [`sort_positions`] reads them.
+struct Hour {
+    hour: i64,
+    first_id: u128,
+    /// The bits in which some trace id of the hour differs from the first.
+    varying: u128,
+    rows: usize,
 }
 
 /// A row being sorted, its fields in the order of the sort: its trace id

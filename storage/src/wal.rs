@@ -73,17 +73,24 @@ impl Segment {
     }
 
     /// Appends `slices` (in order) to a segment holding `len` bytes, and
-    /// makes them durable.
-    fn append_synced(&mut self, len: u64, slices: &[&[u8]], path: &Path) -> io::Result<()> {
+    /// makes them durable. `path` names the segment (asked for only when
+    /// it has to be opened again).
+    fn append_synced(
+        &mut self,
+        len: u64,
+        slices: &[&[u8]],
+        path: impl FnOnce() -> PathBuf,
+    ) -> io::Result<()> {
         if let Segment::Direct { file, buf, tail } = self {
             match write_direct(file, buf, tail, len, slices) {
                 Ok(()) => return file.sync_data(),
                 // Opened with O_DIRECT but refused at the write (some FUSE
                 // and network file systems): the page cache from here on.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let path = path();
                     tracing::warn!(segment = %path.display(), "WAL: direct write refused; writing through the page cache");
                     file.set_len(len)?;
-                    *self = Segment::Buffered(OpenOptions::new().append(true).open(path)?);
+                    *self = Segment::Buffered(OpenOptions::new().append(true).open(&path)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -349,9 +356,9 @@ impl Wal {
     }
 
     fn append_synced(&mut self, slices: &[&[u8]]) -> io::Result<()> {
-        let path = segment_path(&self.dir, self.current_id);
+        let (dir, id) = (&self.dir, self.current_id);
         self.current
-            .append_synced(self.current_bytes, slices, &path)?;
+            .append_synced(self.current_bytes, slices, || segment_path(dir, id))?;
         self.current_bytes += slices.iter().map(|s| s.len() as u64).sum::<u64>();
         Ok(())
     }
@@ -417,27 +424,25 @@ fn direct_wanted() -> bool {
     *WANTED.get_or_init(|| std::env::var("MESHLENS_WAL_DIRECT").as_deref() != Ok("0"))
 }
 
+/// Opens (creating if need be) `path` for direct writes.
+fn open_direct(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
 fn create_segment(dir: &Path, id: u64, direct: bool) -> io::Result<Segment> {
     let path = segment_path(dir, id);
-    let segment = match direct
-        .then(|| {
-            OpenOptions::new()
-                .create(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&path)
-        })
-        .transpose()
-    {
-        Ok(Some(file)) => Segment::Direct {
+    // No O_DIRECT here (tmpfs answers EINVAL): the page cache.
+    let segment = match direct.then(|| open_direct(&path).ok()).flatten() {
+        Some(file) => Segment::Direct {
             file,
             buf: Vec::new(),
             tail: Vec::new(),
         },
-        // No O_DIRECT here (tmpfs answers EINVAL): the page cache.
-        Ok(None) | Err(_) => {
-            Segment::Buffered(OpenOptions::new().create(true).append(true).open(&path)?)
-        }
+        None => Segment::Buffered(OpenOptions::new().create(true).append(true).open(&path)?),
     };
     // Make the new directory entry itself durable.
     File::open(dir)?.sync_all()?;
@@ -460,12 +465,7 @@ mod tests {
     fn modes(dir: &Path) -> Vec<bool> {
         let probe = dir.join("probe");
         fs::create_dir_all(dir).expect("dir");
-        let direct = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&probe)
-            .is_ok();
+        let direct = open_direct(&probe).is_ok();
         let _ = fs::remove_file(&probe);
         if !direct {
             eprintln!(
@@ -630,17 +630,13 @@ mod tests {
         fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("segment.wal");
         fs::write(&path, b"head!").expect("write");
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .expect("open");
+        let file = open_direct(&path).expect("open");
         let mut seg = Segment::Direct {
             file,
             buf: Vec::new(),
             tail: Vec::new(),
         };
-        seg.append_synced(5, &[b"abc", b"def"], &path)
+        seg.append_synced(5, &[b"abc", b"def"], || path.clone())
             .expect("append");
         let on_disk = fs::read(&path).expect("read");
         if matches!(seg, Segment::Direct { .. }) {
@@ -652,7 +648,8 @@ mod tests {
             assert_eq!(&on_disk[..11], b"head!abcdef");
         } else {
             assert_eq!(on_disk, b"head!abcdef");
-            seg.append_synced(11, &[b"gh"], &path).expect("append");
+            seg.append_synced(11, &[b"gh"], || path.clone())
+                .expect("append");
             assert_eq!(fs::read(&path).expect("read"), b"head!abcdefgh");
         }
         let _ = fs::remove_dir_all(&dir);
