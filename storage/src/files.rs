@@ -319,10 +319,12 @@ pub fn encode_file(
 }
 
 /// Writes `batch` (of the `spans` schema) as a Parquet file of row groups
-/// of `group_rows` rows: what `ArrowWriter` writes, except that string
-/// dictionary columns are written from their Arrow dictionaries, and small
-/// integer columns dictionary-encoded, by [`crate::dictchunk`] instead of
-/// parquet-rs hashing every value.
+/// of `group_rows` rows: what `ArrowWriter` writes, except that the flat
+/// columns are written by [`crate::dictchunk`]: string dictionary columns
+/// from their Arrow dictionaries, small integer columns dictionary-encoded
+/// (instead of parquet-rs hashing every value), delta-encoded and boolean
+/// columns by [`crate::delta`]. Only the nested columns (maps, events,
+/// links) and the rare plain strings are parquet-rs's.
 pub(crate) fn write_parquet(
     batch: &RecordBatch,
     out: &mut Vec<u8>,
@@ -625,12 +627,22 @@ mod tests {
                     attributes.insert("peer.address".into(), AttrValue::Str(peer));
                 }
                 attributes.insert("component".into(), AttrValue::Str("proxy".into()));
+                // Nearly unique strings (prefix-delta columns), some absent.
+                if i % 11 != 5 {
+                    let url = format!("http://svc-{}:9080/p/{}", next() % 6, next() % 100_000);
+                    attributes.insert("http.url".into(), AttrValue::Str(url));
+                }
+                let rid = format!("{:08x}-{:04x}", next(), next() % 65_536);
+                attributes.insert("guid:x-request-id".into(), AttrValue::Str(rid));
                 Span {
                     trace_id: TraceId::from_u64s(0, next() % 300 + 1),
                     span_id: SpanId((i as u64 + 1).to_be_bytes()),
                     name: format!("op-{}", next() % 40),
                     start: Some(UnixNanos(t0 + (next() % 1_000_000) as i64)),
-                    duration_nanos: Some((next() % 5000) as i64),
+                    duration_nanos: (next() % 13 != 0).then(|| (next() % 5000) as i64),
+                    trace_id_64: i % 5 == 0,
+                    shared: next() % 2 == 0,
+                    debug: i % 17 == 0,
                     local: Endpoint {
                         service_name: Some(format!("svc-{}", next() % 6)),
                         ipv4: Some(format!("10.1.0.{}", next() % 30)),
@@ -657,28 +669,30 @@ mod tests {
             .collect()
     }
 
-    /// A file written by [`write_parquet`] reads back as the spans written,
-    /// whole and through a page-skipping row selection (the offset index),
-    /// with the statistics and bloom filter parquet-rs's own writer puts in
-    /// the same file, and no larger.
-    #[test]
-    fn dictionary_chunks_match_the_arrow_writer() {
-        use crate::schema::{batch_to_spans, spans_to_batch};
+    /// How many columns of each kind [`assert_matches_arrow_writer`]
+    /// compared, summed over row groups.
+    #[derive(Debug, Default, PartialEq)]
+    struct Compared {
+        dictionary: usize,
+        fixed: usize,
+        delta: usize,
+        bools: usize,
+        column_indexes: usize,
+    }
+
+    /// A file written by [`write_parquet`] from `batch` reads back as the
+    /// spans written, whole and through a page-skipping row selection (the
+    /// offset index), with the statistics, column index and bloom filters
+    /// parquet-rs's own writer puts in the same file, and no larger.
+    fn assert_matches_arrow_writer(batch: &RecordBatch, group: usize, page: usize) -> Compared {
+        use crate::schema::batch_to_spans;
         use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+        use parquet::file::page_index::column_index::ColumnIndexMetaData;
         use parquet::file::properties::ReaderProperties;
         use parquet::file::reader::{FileReader, SerializedFileReader};
         use parquet::file::serialized_reader::ReadOptionsBuilder;
 
-        let spans = varied_spans(2600, 5);
-        let batches: Vec<RecordBatch> = spans
-            .chunks(400)
-            .map(|c| spans_to_batch(c).unwrap())
-            .collect();
-        // Merged dictionaries; a slice, so the keys use part of them.
-        let sorted = &sorted_partitions(&batches, 0).unwrap()[0].1;
-        let batch = sorted.slice(100, 2400);
-        let want = batch_to_spans(&batch).unwrap();
-        let (group, page) = (700, 128);
+        let want = batch_to_spans(batch).unwrap();
         let props = || {
             let p = writer_props(batch.num_rows());
             // parquet-rs checks the page limit every `write_batch_size`
@@ -691,12 +705,13 @@ mod tests {
             b.build()
         };
         let mut ours = Vec::new();
-        write_parquet(&batch, &mut ours, props(), group).unwrap();
+        write_parquet(batch, &mut ours, props(), group).unwrap();
         let mut theirs = Vec::new();
         let mut w = ArrowWriter::try_new(&mut theirs, spans_schema(), Some(props())).unwrap();
-        w.write(&batch).unwrap();
+        w.write(batch).unwrap();
         w.close().unwrap();
-        // Within 1 %: the RLE / bit-packing choices differ a little.
+        // Within 1 %: the RLE / bit-packing choices differ a little, and
+        // parquet-rs keeps size statistics we do not.
         assert!(
             ours.len() * 100 <= theirs.len() * 101,
             "ours {} bytes, ArrowWriter's {}",
@@ -723,18 +738,26 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(read(&ours, None), want);
+        let n = want.len();
+        let cuts = [
+            n * 6 / 100,
+            n * 11 / 100,
+            n * 65 / 100,
+            n * 66 / 100,
+            n * 78 / 100,
+        ];
         let selection = RowSelection::from(vec![
-            RowSelector::skip(150),
-            RowSelector::select(110),
-            RowSelector::skip(1300),
-            RowSelector::select(9),
-            RowSelector::skip(300),
-            RowSelector::select(531),
+            RowSelector::skip(cuts[0]),
+            RowSelector::select(cuts[1] - cuts[0]),
+            RowSelector::skip(cuts[2] - cuts[1]),
+            RowSelector::select(cuts[3] - cuts[2]),
+            RowSelector::skip(cuts[4] - cuts[3]),
+            RowSelector::select(n - cuts[4]),
         ]);
-        let picked: Vec<_> = want[150..260]
+        let picked: Vec<_> = want[cuts[0]..cuts[1]]
             .iter()
-            .chain(&want[1560..1569])
-            .chain(&want[1869..2400])
+            .chain(&want[cuts[2]..cuts[3]])
+            .chain(&want[cuts[4]..])
             .cloned()
             .collect();
         assert_eq!(read(&ours, Some(selection)), picked);
@@ -751,55 +774,87 @@ mod tests {
             SerializedFileReader::new_with_options(bytes::Bytes::copy_from_slice(bytes), opts)
                 .unwrap()
         };
+        // Each page's (null page, null count, min, max) and the boundary order.
+        let bounds = |ci: &ColumnIndexMetaData| {
+            let pages = (0..ci.num_pages() as usize)
+                .map(|p| {
+                    let (lo, hi) = match ci {
+                        ColumnIndexMetaData::INT64(i) => (
+                            i.min_value(p).map(|v| v.to_le_bytes().to_vec()),
+                            i.max_value(p).map(|v| v.to_le_bytes().to_vec()),
+                        ),
+                        ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(i) => (
+                            i.min_value(p).map(<[u8]>::to_vec),
+                            i.max_value(p).map(<[u8]>::to_vec),
+                        ),
+                        other => panic!("unexpected column index {other:?}"),
+                    };
+                    (ci.is_null_page(p), ci.null_count(p), lo, hi)
+                })
+                .collect::<Vec<_>>();
+            (pages, ci.get_boundary_order())
+        };
         let (ours, theirs) = (reader(&ours), reader(&theirs));
         let (om, tm) = (ours.metadata(), theirs.metadata());
-        assert_eq!(om.num_row_groups(), 4);
+        assert_eq!(om.num_row_groups(), batch.num_rows().div_ceil(group));
         assert_eq!(om.num_row_groups(), tm.num_row_groups());
         let schema = spans_schema();
-        let (mut dict_columns, mut fixed_columns) = (0, 0);
+        let mut compared = Compared::default();
         for g in 0..om.num_row_groups() {
             let (og, tg) = (om.row_group(g), tm.row_group(g));
             assert_eq!(og.num_rows(), tg.num_rows());
             for field in schema.fields() {
+                let name = field.name();
                 let fixed = matches!(field.data_type(), DataType::FixedSizeBinary(_));
-                if !fixed
-                    && !matches!(
-                        field.data_type(),
-                        DataType::Dictionary(..)
-                            | DataType::UInt8
-                            | DataType::Int32
-                            | DataType::UInt32
-                    )
-                {
+                let delta = name == TRACE_ID
+                    || name == START
+                    || name == "duration_nano"
+                    || UNIQUE_TAGS.contains(&name.as_str());
+                let boolean = field.data_type() == &DataType::Boolean;
+                let dictionary = matches!(
+                    field.data_type(),
+                    DataType::Dictionary(..) | DataType::UInt8 | DataType::Int32 | DataType::UInt32
+                );
+                if !fixed && !delta && !boolean && !dictionary {
                     continue;
                 }
                 let c = (0..og.num_columns())
-                    .find(|&c| og.column(c).column_path().string() == *field.name())
+                    .find(|&c| og.column(c).column_path().string() == *name)
                     .unwrap();
                 let (oc, tc) = (og.column(c), tg.column(c));
-                assert_eq!(oc.num_values(), tc.num_values(), "{}", field.name());
-                assert_eq!(oc.statistics(), tc.statistics(), "{}", field.name());
-                assert_eq!(
-                    oc.page_encoding_stats(),
-                    tc.page_encoding_stats(),
-                    "{}",
-                    field.name()
-                );
-                if fixed {
-                    // The ids: PLAIN values, no dictionary, as parquet-rs
-                    // writes them (the trace id, with page statistics, is
-                    // parquet-rs's own).
-                    fixed_columns += 1;
-                    assert!(oc.dictionary_page_offset().is_none(), "{}", field.name());
-                    let encodings = |m: &parquet::file::metadata::ColumnChunkMetaData| {
-                        let mut e: Vec<_> = m.encodings().collect();
-                        e.sort_by_key(|e| format!("{e:?}"));
-                        e
-                    };
-                    assert_eq!(encodings(oc), encodings(tc), "{}", field.name());
+                assert_eq!(oc.num_values(), tc.num_values(), "{name}");
+                assert_eq!(oc.statistics(), tc.statistics(), "{name}");
+                assert_eq!(oc.page_encoding_stats(), tc.page_encoding_stats(), "{name}");
+                let encodings = |m: &parquet::file::metadata::ColumnChunkMetaData| {
+                    let mut e: Vec<_> = m.encodings().collect();
+                    e.sort_by_key(|e| format!("{e:?}"));
+                    e
+                };
+                assert_eq!(encodings(oc), encodings(tc), "{name}");
+                if delta {
+                    compared.delta += 1;
+                } else if fixed {
+                    compared.fixed += 1;
+                } else if boolean {
+                    compared.bools += 1;
                 } else {
-                    dict_columns += 1;
-                    assert!(oc.dictionary_page_offset().is_some(), "{}", field.name());
+                    compared.dictionary += 1;
+                }
+                assert_eq!(
+                    oc.dictionary_page_offset().is_some(),
+                    dictionary,
+                    "{name}: a dictionary page"
+                );
+                let index = |m: &parquet::file::metadata::ParquetMetaData| {
+                    m.column_index()
+                        .and_then(|i| i.get(g))
+                        .and_then(|i| i.get(c))
+                        .filter(|i| !matches!(i, ColumnIndexMetaData::NONE))
+                        .map(bounds)
+                };
+                assert_eq!(index(om), index(tm), "{name}: column index");
+                if index(om).is_some() {
+                    compared.column_indexes += 1;
                 }
                 let (ob, tb) = (
                     ours.get_row_group(g)
@@ -812,7 +867,7 @@ mod tests {
                         .get_column_bloom_filter(c)
                         .cloned(),
                 );
-                assert_eq!(ob.is_some(), tb.is_some(), "{}", field.name());
+                assert_eq!(ob.is_some(), tb.is_some(), "{name}");
                 if let Some(ob) = ob {
                     let first = g * group;
                     for s in &want[first..(first + group).min(want.len())] {
@@ -824,25 +879,146 @@ mod tests {
                         }
                     }
                     assert!(!ob.check(&"not-a-service"));
+                    if fixed {
+                        assert!(!ob.check([0xa5u8; 16].as_slice()), "a trace id not written");
+                    }
                 }
                 let pages = |m: &parquet::file::metadata::ParquetMetaData| {
                     m.offset_index().unwrap()[g][c].page_locations().len()
                 };
-                assert_eq!(pages(om), pages(tm), "{}", field.name());
+                assert_eq!(pages(om), pages(tm), "{name}");
             }
         }
+        compared
+    }
+
+    /// Sorted spans, as a flush writes them: merged dictionaries, a slice
+    /// (the keys use part of them).
+    #[test]
+    fn hand_written_chunks_match_the_arrow_writer() {
+        use crate::schema::spans_to_batch;
+        let spans = varied_spans(2600, 5);
+        let batches: Vec<RecordBatch> = spans
+            .chunks(400)
+            .map(|c| spans_to_batch(c).unwrap())
+            .collect();
+        let sorted = &sorted_partitions(&batches, 0).unwrap()[0].1;
+        let batch = sorted.slice(100, 2400);
+        let compared = assert_matches_arrow_writer(&batch, 700, 128);
         assert!(
-            dict_columns >= 4 * 20,
-            "{dict_columns} dictionary chunks compared"
+            compared.dictionary >= 4 * 20,
+            "{} dictionary chunks compared",
+            compared.dictionary
         );
-        assert_eq!(fixed_columns, 4 * 3, "trace, span and parent ids");
+        let groups = 4;
+        assert_eq!(compared.fixed, groups * 2, "span and parent ids");
+        assert_eq!(
+            compared.delta,
+            groups * 5,
+            "trace id, start, duration, URL, request id"
+        );
+        assert_eq!(compared.bools, groups * 3, "64-bit trace id, shared, debug");
+        assert_eq!(
+            compared.column_indexes,
+            groups * 3,
+            "trace id, start and duration: page statistics"
+        );
+    }
+
+    /// Unsorted rows (the boundary order unordered), pages all null (the
+    /// durations of runs of spans), and one row group.
+    #[test]
+    fn hand_written_chunks_match_with_null_pages() {
+        use crate::schema::spans_to_batch;
+        let mut spans = varied_spans(1000, 9);
+        for s in &mut spans[200..500] {
+            s.duration_nanos = None;
+        }
+        for s in &mut spans[600..] {
+            s.attributes.remove("http.url");
+        }
+        let batch = spans_to_batch(&spans).unwrap();
+        let compared = assert_matches_arrow_writer(&batch, 1000, 100);
+        assert_eq!(compared.delta, 5);
+        assert_eq!(compared.column_indexes, 3);
+    }
+
+    /// `batch` written by [`write_parquet`], and the spans read back.
+    fn write_and_read(
+        batch: &RecordBatch,
+        props: WriterProperties,
+        group: usize,
+    ) -> (bytes::Bytes, Vec<crate::model::Span>) {
+        let mut out = Vec::new();
+        write_parquet(batch, &mut out, props, group).unwrap();
+        let bytes = bytes::Bytes::from(out);
+        let r = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+        let spans = r
+            .flat_map(|b| crate::schema::batch_to_spans(&b.unwrap()).unwrap())
+            .collect();
+        (bytes, spans)
+    }
+
+    /// A page of strings ends once its values pass the page size limit
+    /// (the row that passes it included), not only at the row count.
+    #[test]
+    fn string_pages_end_at_the_byte_limit() {
+        use crate::schema::spans_to_batch;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::file::serialized_reader::ReadOptionsBuilder;
+        let mut spans = varied_spans(700, 3);
+        for (i, s) in spans.iter_mut().enumerate() {
+            let url = format!("http://x/{}", "a".repeat(i % 97));
+            s.attributes
+                .insert("http.url".into(), crate::model::AttrValue::Str(url));
+        }
+        let batch = spans_to_batch(&spans).unwrap();
+        let limit = 1000;
+        let props = writer_props(batch.num_rows())
+            .into_builder()
+            .set_data_page_size_limit(limit)
+            .build();
+        let (bytes, got) = write_and_read(&batch, props, 700);
+        assert_eq!(got, spans);
+        let opts = ReadOptionsBuilder::new().with_page_index().build();
+        let reader = SerializedFileReader::new_with_options(bytes, opts).unwrap();
+        let meta = reader.metadata();
+        let c = (0..meta.row_group(0).num_columns())
+            .find(|&c| meta.row_group(0).column(c).column_path().string() == "tag_http_url")
+            .unwrap();
+        let firsts: Vec<usize> = meta.offset_index().unwrap()[0][c]
+            .page_locations()
+            .iter()
+            .map(|p| p.first_row_index as usize)
+            .chain([spans.len()])
+            .collect();
+        let len = |i: usize| match &spans[i].attributes["http.url"] {
+            crate::model::AttrValue::Str(s) => s.len(),
+            _ => unreachable!(),
+        };
+        assert!(firsts.len() > 10, "{} pages", firsts.len() - 1);
+        for w in firsts.windows(2) {
+            let sizes: Vec<usize> = (w[0]..w[1]).map(len).collect();
+            let total: usize = sizes.iter().sum();
+            assert!(
+                total >= limit || w[1] == spans.len(),
+                "page {w:?}: {total} bytes"
+            );
+            assert!(
+                total - sizes[sizes.len() - 1] < limit,
+                "page {w:?} went on past the limit"
+            );
+        }
     }
 
     /// Where the layout does not apply, parquet-rs writes the column: a
     /// dictionary over the page size limit, page statistics.
     #[test]
     fn dictionary_chunks_fall_back_to_parquet_rs() {
-        use crate::schema::{batch_to_spans, spans_to_batch};
+        use crate::schema::spans_to_batch;
         let spans = varied_spans(900, 5);
         let batch = spans_to_batch(&spans).unwrap();
         let descr = {
@@ -876,19 +1052,43 @@ mod tests {
             assert!(encoded(int, &ours), "{int}");
             assert!(!encoded(int, &paged), "{int}");
         }
-        assert!(!encoded(START, &ours));
         // Fixed-width ids: ours PLAIN without statistics, bloom filter or
-        // dictionary (span and parent ids); the trace id, with page
-        // statistics and a bloom filter, and ids with a dictionary or
-        // statistics are parquet-rs's.
+        // dictionary (span and parent ids), or with prefix deltas (the
+        // trace id); ids with a dictionary or statistics otherwise are
+        // parquet-rs's.
         assert!(encoded("span_id", &ours));
         assert!(encoded("parent_span_id", &ours));
-        assert!(!encoded(TRACE_ID, &ours));
         let with = |f: fn(
             parquet::file::properties::WriterPropertiesBuilder,
         ) -> parquet::file::properties::WriterPropertiesBuilder| {
             f(ours.clone().into_builder()).build()
         };
+        // Delta-encoded columns and booleans: ours, page statistics
+        // included, except where statistics would need truncating or a
+        // bloom filter hashing integers.
+        for c in [
+            TRACE_ID,
+            START,
+            "duration_nano",
+            "tag_http_url",
+            "tag_request_id",
+        ] {
+            assert!(encoded(c, &ours), "{c}");
+        }
+        for c in ["trace_id_64", "shared", "debug"] {
+            assert!(encoded(c, &ours), "{c}");
+            assert!(!encoded(c, &paged), "{c}");
+        }
+        let truncated = with(|b| b.set_column_index_truncate_length(Some(8)));
+        assert!(!encoded(TRACE_ID, &truncated));
+        let hashed = with(|b| b.set_column_bloom_filter_enabled(START.into(), true));
+        assert!(!encoded(START, &hashed));
+        let url_stats = with(|b| {
+            b.set_column_statistics_enabled("tag_http_url".into(), EnabledStatistics::Chunk)
+        });
+        assert!(!encoded("tag_http_url", &url_stats));
+        let no_delta = with(|b| b.set_column_encoding(START.into(), Encoding::PLAIN));
+        assert!(!encoded(START, &no_delta));
         let chunk_stats =
             with(|b| b.set_column_statistics_enabled("span_id".into(), EnabledStatistics::Chunk));
         assert!(!encoded("span_id", &chunk_stats));
@@ -896,17 +1096,8 @@ mod tests {
         assert!(!encoded("span_id", &dictionary));
         let bloom = with(|b| b.set_column_bloom_filter_enabled("parent_span_id".into(), true));
         assert!(!encoded("parent_span_id", &bloom));
-        for props in [small, paged] {
-            let mut out = Vec::new();
-            write_parquet(&batch, &mut out, props, 300).unwrap();
-            let r = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(out))
-                .unwrap()
-                .build()
-                .unwrap();
-            let got: Vec<_> = r
-                .flat_map(|b| batch_to_spans(&b.unwrap()).unwrap())
-                .collect();
-            assert_eq!(got, spans);
+        for props in [small, paged, truncated, hashed, url_stats, no_delta] {
+            assert_eq!(write_and_read(&batch, props, 300).1, spans);
         }
     }
 

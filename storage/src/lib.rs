@@ -17,6 +17,7 @@ pub mod span_builder;
 pub mod span_view;
 pub mod telemetry;
 
+mod delta;
 mod dictchunk;
 mod engine;
 mod files;
