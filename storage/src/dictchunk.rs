@@ -37,6 +37,11 @@
 //! five columns and the three flags had been ~340 ms of a million-span
 //! flush in parquet-rs, ~130 ms here.
 //!
+//! Maps from strings to strings (span and resource attributes, typed or
+//! not) are written leaf by leaf ([`encode_map`]): repetition and
+//! definition levels from the map's offsets and nulls, keys and values
+//! each in a dictionary numbered by first use, pages of whole rows.
+//!
 //! Where this layout does not apply (page statistics on other columns,
 //! statistics that would need truncating, a codec other than LZ4_RAW or
 //! none, a dictionary over the page size limit, null or non-UTF-8
@@ -49,7 +54,7 @@ use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, UInt8Type, UInt32Type};
 use bytes::Bytes;
 use foldhash::fast::FixedState;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 use parquet::basic::BoundaryOrder;
 use parquet::basic::{Compression, Encoding, PageType};
 use parquet::bloom_filter::Sbbf;
@@ -64,6 +69,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersi
 use parquet::file::statistics::Statistics;
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
+use std::hash::BuildHasher;
 
 /// An encoded column chunk: its bytes (offsets in `close` are relative to
 /// them) and what the row group writer needs to splice it in.
@@ -168,6 +174,255 @@ pub(crate) fn encode(
         return Ok(None);
     };
     write_chunk(Payload::Keyed(keyed), col.len(), nulls, descr, props).map(Some)
+}
+
+/// Both leaves of a map from strings to strings (keys, then values), each
+/// dictionary-encoded (first use first, as parquet-rs numbers them) with
+/// repetition and definition levels; `None` where this layout does not
+/// apply (statistics, a bloom filter, no dictionary, another codec, a
+/// dictionary over the page size limit).
+///
+/// parquet-rs computes the levels of every nested leaf generically and
+/// hashes every value twice over (its interner, then its dictionary): the
+/// span and resource attribute maps had been ~130 ms of a million-span
+/// flush, the largest column cost left to it.
+pub(crate) fn encode_map(
+    col: &dyn Array,
+    leaves: [&ColumnDescPtr; 2],
+    props: &WriterProperties,
+) -> Result<Option<[DictChunk; 2]>> {
+    let Some(map) = col.as_map_opt() else {
+        return Ok(None);
+    };
+    let (Some(keys), Some(values)) = (
+        map.keys().as_string_opt::<i32>(),
+        map.values().as_string_opt::<i32>(),
+    ) else {
+        return Ok(None);
+    };
+    for (d, max_def) in leaves.iter().zip([2, 3]) {
+        let path = d.path();
+        if d.max_rep_level() != 1
+            || d.max_def_level() != max_def
+            || d.physical_type() != parquet::basic::Type::BYTE_ARRAY
+            || !matches!(
+                props.compression(path),
+                Compression::LZ4_RAW | Compression::UNCOMPRESSED
+            )
+            || props.statistics_enabled(path) != EnabledStatistics::None
+            || props.bloom_filter_properties(path).is_some()
+            || !props.dictionary_enabled(path)
+            || props.encoding(path).is_some()
+            || props.writer_version() != WriterVersion::PARQUET_1_0
+        {
+            return Ok(None);
+        }
+    }
+    if keys.null_count() > 0 {
+        return Ok(None);
+    }
+    let rows = map.len();
+    let offsets = map.value_offsets();
+    let nulls = map.logical_nulls().filter(|n| n.null_count() > 0);
+    let value_nulls = values.logical_nulls().filter(|n| n.null_count() > 0);
+    let (key_offsets, key_bytes) = (keys.value_offsets(), keys.value_data());
+    let (value_offsets, value_bytes) = (values.value_offsets(), values.value_data());
+    let bytes_of = |offsets: &[i32], data: &'_ [u8], e: usize| -> Option<(usize, usize)> {
+        let (a, b) = (*offsets.get(e)? as usize, *offsets.get(e + 1)? as usize);
+        (a <= b && b <= data.len()).then_some((a, b))
+    };
+    let limit = props.dictionary_page_size_limit();
+    let entries = offsets[rows] as usize - offsets[0] as usize;
+    let levels = rows + entries;
+    let (mut rep, mut key_def, mut value_def) = (
+        Vec::with_capacity(levels),
+        Vec::with_capacity(levels),
+        Vec::with_capacity(levels),
+    );
+    let mut starts = Vec::with_capacity(rows + 1);
+    let (mut key_dict, mut value_dict) = (Interned::new(entries), Interned::new(entries));
+    for r in 0..rows {
+        starts.push(rep.len());
+        let (a, b) = (offsets[r] as usize, offsets[r + 1] as usize);
+        if nulls.as_ref().is_some_and(|n| n.is_null(r)) || a == b {
+            // A null map (level 0) or an empty one (1): no entry.
+            let d = u32::from(nulls.as_ref().is_none_or(|n| n.is_valid(r)));
+            rep.push(0);
+            key_def.push(d);
+            value_def.push(d);
+            continue;
+        }
+        for e in a..b {
+            rep.push(u32::from(e > a));
+            key_def.push(2);
+            let Some((ka, kb)) = bytes_of(key_offsets, key_bytes, e) else {
+                return Ok(None);
+            };
+            if !key_dict.add(&key_bytes[ka..kb], limit) {
+                return Ok(None);
+            }
+            if value_nulls.as_ref().is_none_or(|n| n.is_valid(e)) {
+                value_def.push(3);
+                let Some((va, vb)) = bytes_of(value_offsets, value_bytes, e) else {
+                    return Ok(None);
+                };
+                if !value_dict.add(&value_bytes[va..vb], limit) {
+                    return Ok(None);
+                }
+            } else {
+                value_def.push(2);
+            }
+        }
+    }
+    starts.push(rep.len());
+    let [kd, vd] = leaves;
+    Ok(Some([
+        write_nested(key_dict, &rep, &key_def, 2, &starts, kd, props)?,
+        write_nested(value_dict, &rep, &value_def, 3, &starts, vd, props)?,
+    ]))
+}
+
+/// Strings numbered by first use, with their PLAIN dictionary page.
+struct Interned {
+    plain: Vec<u8>,
+    /// Where each value's bytes are in `plain`.
+    at: Vec<(u32, u32)>,
+    table: HashTable<u32>,
+    hasher: FixedState,
+    /// Each value added, by number.
+    ids: Vec<u32>,
+    last: Option<u32>,
+}
+
+impl Interned {
+    fn new(capacity: usize) -> Self {
+        Interned {
+            plain: Vec::new(),
+            at: Vec::new(),
+            table: HashTable::new(),
+            hasher: FixedState::default(),
+            ids: Vec::with_capacity(capacity),
+            last: None,
+        }
+    }
+
+    fn value(plain: &[u8], at: (u32, u32)) -> &[u8] {
+        &plain[at.0 as usize..(at.0 + at.1) as usize]
+    }
+
+    /// Adds `v`; `false` once the dictionary page passes `limit` bytes.
+    fn add(&mut self, v: &[u8], limit: usize) -> bool {
+        if let Some(l) = self.last
+            && Self::value(&self.plain, self.at[l as usize]) == v
+        {
+            self.ids.push(l);
+            return true;
+        }
+        let h = self.hasher.hash_one(v);
+        let (plain, at, hasher) = (&mut self.plain, &mut self.at, &self.hasher);
+        let id = match self.table.entry(
+            h,
+            |&k| Self::value(plain, at[k as usize]) == v,
+            |&k| hasher.hash_one(Self::value(plain, at[k as usize])),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(e) => *e.get(),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                let (Ok(len), Ok(id)) = (u32::try_from(v.len()), u32::try_from(at.len())) else {
+                    return false;
+                };
+                plain.extend_from_slice(&len.to_le_bytes());
+                at.push((plain.len() as u32, len));
+                plain.extend_from_slice(v);
+                if plain.len() > limit {
+                    return false;
+                }
+                e.insert(id);
+                id
+            }
+        };
+        self.last = Some(id);
+        self.ids.push(id);
+        true
+    }
+}
+
+/// One leaf of a nested column: the dictionary page, then data pages of
+/// `data_page_row_count_limit` rows (records), each holding its
+/// repetition levels, definition levels and the keys of the values
+/// defined (level `max_def`). `starts` holds each row's first level, and
+/// the level count last.
+fn write_nested(
+    dict: Interned,
+    rep: &[u32],
+    def: &[u32],
+    max_def: u32,
+    starts: &[usize],
+    descr: &ColumnDescPtr,
+    props: &WriterProperties,
+) -> Result<DictChunk> {
+    let codec = props.compression(descr.path());
+    let compress = codec == Compression::LZ4_RAW;
+    let page_rows = props.data_page_row_count_limit().max(1);
+    let rows = starts.len() - 1;
+    let mut sink = TrackedWrite::new(Vec::with_capacity(dict.plain.len() + rep.len() / 2 + 1024));
+    let mut specs: Vec<(PageWriteSpec, usize)> = Vec::with_capacity(rows / page_rows + 2);
+    let dictionary_page;
+    {
+        let mut pages = SerializedPageWriter::new(&mut sink);
+        let entries = dict.at.len();
+        dictionary_page = Some(plain_dictionary_page(
+            &mut pages, dict.plain, entries, compress,
+        )?);
+        let bit_width = bits_for(entries.saturating_sub(1) as u32);
+        let def_width = bits_for(max_def);
+        let (mut first, mut next_id) = (0usize, 0usize);
+        let mut buf: Vec<u8> = Vec::new();
+        while first < rows {
+            let end = (first + page_rows).min(rows);
+            let (a, b) = (starts[first], starts[end]);
+            buf.clear();
+            for (levels, width) in [(&rep[a..b], 1), (&def[a..b], def_width)] {
+                let at = buf.len();
+                buf.extend_from_slice(&[0; 4]);
+                hybrid(levels, width, &mut buf);
+                let len = (buf.len() - at - 4) as u32;
+                buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            let defined = def[a..b].iter().filter(|&&d| d == max_def).count();
+            let ids = dict.ids.get(next_id..next_id + defined).ok_or_else(|| {
+                ParquetError::General("fewer dictionary keys than defined values".into())
+            })?;
+            buf.push(bit_width);
+            hybrid(ids, bit_width, &mut buf);
+            next_id += defined;
+            let values = b - a;
+            let spec = data_page(
+                &mut pages,
+                &mut buf,
+                values,
+                Encoding::RLE_DICTIONARY,
+                compress,
+            )?;
+            specs.push((spec, first));
+            first = end;
+        }
+        pages.close()?;
+    }
+    close_chunk(
+        sink,
+        Pages {
+            dictionary: dictionary_page,
+            data: specs,
+            encoding: Encoding::RLE_DICTIONARY,
+        },
+        rows,
+        rep.len(),
+        None,
+        None,
+        None,
+        descr,
+        codec,
+    )
 }
 
 /// What the data pages hold besides the definition levels.
@@ -397,14 +652,9 @@ fn write_chunk(
         let mut bit_width = 0;
         if let Payload::Keyed(k) = &mut payload {
             let plain = std::mem::take(&mut k.plain);
-            let uncompressed = plain.len();
-            let page = Page::DictionaryPage {
-                buf: compressed(plain, compress)?,
-                num_values: k.entries as u32,
-                encoding: Encoding::PLAIN,
-                is_sorted: false,
-            };
-            dictionary_page = Some(pages.write_page(CompressedPage::new(page, uncompressed))?);
+            dictionary_page = Some(plain_dictionary_page(
+                &mut pages, plain, k.entries, compress,
+            )?);
             bit_width = bits_for(k.entries.saturating_sub(1) as u32);
         }
         let mut levels: Vec<u32> = Vec::with_capacity(page_rows.min(rows));
@@ -524,23 +774,110 @@ fn write_chunk(
                     delta::plain_bools((first..end).filter(valid).map(|i| b.value(i)), &mut buf);
                 }
             }
-            let uncompressed = buf.len();
-            let page = Page::DataPage {
-                buf: compressed(std::mem::take(&mut buf), compress)?,
-                num_values: (end - first) as u32,
-                encoding: data_encoding,
-                def_level_encoding: Encoding::RLE,
-                rep_level_encoding: Encoding::RLE,
-                statistics: None,
-            };
-            specs.push((
-                pages.write_page(CompressedPage::new(page, uncompressed))?,
-                first,
-            ));
+            let spec = data_page(&mut pages, &mut buf, end - first, data_encoding, compress)?;
+            specs.push((spec, first));
             first = end;
         }
         pages.close()?;
     }
+    let nulls_total = nulls.as_ref().map_or(0, |n| n.null_count());
+    let (statistics, column_index) = match bounds {
+        Some(b) => b.finish(nulls_total as u64)?,
+        None => (None, None),
+    };
+    let (statistics, bloom_filter) = match payload {
+        Payload::Keyed(k) => (k.statistics, k.bloom_filter),
+        Payload::Bytes {
+            bloom: Some((mut sbbf, fpp)),
+            ..
+        } => {
+            sbbf.fold_to_target_fpp(fpp);
+            (statistics, Some(sbbf))
+        }
+        _ => (statistics, None),
+    };
+    close_chunk(
+        sink,
+        Pages {
+            dictionary: dictionary_page,
+            data: specs,
+            encoding: data_encoding,
+        },
+        rows,
+        rows,
+        statistics,
+        bloom_filter,
+        column_index,
+        descr,
+        codec,
+    )
+}
+
+/// Writes `buf` (taken) as a version 1 data page holding `values` levels.
+fn data_page(
+    pages: &mut impl PageWriter,
+    buf: &mut Vec<u8>,
+    values: usize,
+    encoding: Encoding,
+    lz4: bool,
+) -> Result<PageWriteSpec> {
+    let uncompressed = buf.len();
+    let page = Page::DataPage {
+        buf: compressed(std::mem::take(buf), lz4)?,
+        num_values: values as u32,
+        encoding,
+        def_level_encoding: Encoding::RLE,
+        rep_level_encoding: Encoding::RLE,
+        statistics: None,
+    };
+    pages.write_page(CompressedPage::new(page, uncompressed))
+}
+
+/// Writes a PLAIN dictionary page of `entries` values.
+fn plain_dictionary_page(
+    pages: &mut impl PageWriter,
+    plain: Vec<u8>,
+    entries: usize,
+    lz4: bool,
+) -> Result<PageWriteSpec> {
+    let uncompressed = plain.len();
+    let page = Page::DictionaryPage {
+        buf: compressed(plain, lz4)?,
+        num_values: entries as u32,
+        encoding: Encoding::PLAIN,
+        is_sorted: false,
+    };
+    pages.write_page(CompressedPage::new(page, uncompressed))
+}
+
+/// Where a chunk's pages went: the dictionary page, each data page with
+/// its first row, the data pages' encoding.
+struct Pages {
+    dictionary: Option<PageWriteSpec>,
+    data: Vec<(PageWriteSpec, usize)>,
+    encoding: Encoding,
+}
+
+/// The chunk's bytes and what the row group writer needs to splice them
+/// in: metadata, offset index, and the statistics, bloom filter and column
+/// index given. `values` counts levels (rows for a flat column).
+#[allow(clippy::too_many_arguments)]
+fn close_chunk(
+    sink: TrackedWrite<Vec<u8>>,
+    pages: Pages,
+    rows: usize,
+    values: usize,
+    statistics: Option<Statistics>,
+    bloom_filter: Option<Sbbf>,
+    column_index: Option<ColumnIndexMetaData>,
+    descr: &ColumnDescPtr,
+    codec: Compression,
+) -> Result<DictChunk> {
+    let Pages {
+        dictionary: dictionary_page,
+        data: specs,
+        encoding: data_encoding,
+    } = pages;
     let bytes = Bytes::from(sink.into_inner()?);
 
     let mut page_stats = Vec::with_capacity(2);
@@ -566,29 +903,13 @@ fn write_chunk(
         .set_page_encoding_stats(page_stats)
         .set_total_compressed_size(all_pages.clone().map(|s| s.compressed_size as i64).sum())
         .set_total_uncompressed_size(all_pages.map(|s| s.uncompressed_size as i64).sum())
-        .set_num_values(rows as i64)
+        .set_num_values(values as i64)
         .set_dictionary_page_offset(dictionary_page.as_ref().map(|s| s.offset as i64))
         .set_data_page_offset(
             specs
                 .first()
                 .map_or(bytes.len() as i64, |(s, _)| s.offset as i64),
         );
-    let nulls_total = nulls.as_ref().map_or(0, |n| n.null_count());
-    let (statistics, column_index) = match bounds {
-        Some(b) => b.finish(nulls_total as u64)?,
-        None => (None, None),
-    };
-    let (statistics, bloom_filter) = match payload {
-        Payload::Keyed(k) => (k.statistics, k.bloom_filter),
-        Payload::Bytes {
-            bloom: Some((mut sbbf, fpp)),
-            ..
-        } => {
-            sbbf.fold_to_target_fpp(fpp);
-            (statistics, Some(sbbf))
-        }
-        _ => (statistics, None),
-    };
     if let Some(s) = statistics {
         meta = meta.set_statistics(s);
     }
