@@ -657,7 +657,9 @@ fn finish_span<'a>(
     Ok(Ok(()))
 }
 
-/// The span as the builder takes it, checked.
+/// The span as the builder takes it, checked. (Inlined into its one
+/// caller: returned by value, the span was copied out and in again.)
+#[inline(always)]
 fn prepare<'a: 's, 's>(
     raw: &'s RawSpan<'a>,
     scratch: &'s mut Scratch<'a>,
@@ -822,16 +824,38 @@ fn scope_spans<'a>(
 }
 
 impl RawSpan<'_> {
+    /// Back to the default, field by field (keeping the vectors' space):
+    /// assigning a new `RawSpan` built it aside, copied it in and dropped
+    /// the old one, ~1 % of OTLP ingest's instructions. The pattern names
+    /// every field, so a new one cannot be left out.
+    #[inline]
     fn clear(&mut self) {
-        let mut events = std::mem::take(&mut self.events);
-        let mut links = std::mem::take(&mut self.links);
+        let RawSpan {
+            trace_id,
+            span_id,
+            trace_state,
+            parent_span_id,
+            flags,
+            name,
+            kind,
+            start,
+            end,
+            attr_count,
+            dropped_attributes,
+            events,
+            dropped_events,
+            links,
+            dropped_links,
+            status_message,
+            status_code,
+        } = self;
+        (*trace_id, *span_id, *parent_span_id) = (&[], &[], &[]);
+        (*trace_state, *name, *status_message) = ("", "", "");
+        (*flags, *dropped_attributes, *dropped_events, *dropped_links) = (0, 0, 0, 0);
+        (*kind, *status_code, *attr_count) = (0, 0, 0);
+        (*start, *end) = (0, 0);
         events.clear();
         links.clear();
-        *self = RawSpan {
-            events,
-            links,
-            ..Default::default()
-        };
     }
 }
 
