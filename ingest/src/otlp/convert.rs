@@ -393,7 +393,7 @@ pub(crate) fn remote_endpoint<'a>(attrs: &AttrList<'a>) -> EndpointRef<'a> {
     let service_name = (0..8).find_map(string);
     let ip = [3, 5, 6, 1]
         .into_iter()
-        .find_map(|i| string(i).and_then(|s| s.parse::<std::net::IpAddr>().ok()));
+        .find_map(|i| string(i).and_then(|s| s.parse::<std::net::IpAddr>().ok().map(|ip| (s, ip))));
     let port = [8, 9, 10, 11]
         .into_iter()
         .find_map(|i| match found[i] {
@@ -405,12 +405,16 @@ pub(crate) fn remote_endpoint<'a>(attrs: &AttrList<'a>) -> EndpointRef<'a> {
         .map(|p| p as i32);
     EndpointRef {
         service_name,
+        // std's IPv4 parser takes only the canonical dotted quad (four
+        // decimal octets, no leading zeros or spaces), so the text is the
+        // address as it would print: kept, not formatted into a new
+        // string. IPv6 text has many spellings: printed canonically.
         ipv4: ip
-            .filter(|i| i.is_ipv4())
-            .map(|i| Cow::Owned(i.to_string())),
+            .filter(|(_, i)| i.is_ipv4())
+            .map(|(s, _)| Cow::Borrowed(s)),
         ipv6: ip
-            .filter(|i| i.is_ipv6())
-            .map(|i| Cow::Owned(i.to_string())),
+            .filter(|(_, i)| i.is_ipv6())
+            .map(|(_, i)| Cow::Owned(i.to_string())),
         port,
     }
 }
@@ -505,6 +509,40 @@ fn base64(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::base64;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// What `remote_endpoint` relies on to keep an IPv4 address's text:
+    /// std parses only the canonical dotted quad.
+    #[test]
+    fn ipv4_text_that_parses_is_canonical() {
+        for s in ["0.0.0.0", "10.1.2.13", "255.255.255.255", "192.168.100.1"] {
+            assert_eq!(s.parse::<Ipv4Addr>().unwrap().to_string(), s);
+        }
+        for s in [
+            "010.1.2.3",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1.2.3.256",
+            "1.2.3.4.5",
+            "0x1.2.3.4",
+            "1..3.4",
+            "+1.2.3.4",
+        ] {
+            assert!(s.parse::<IpAddr>().is_err(), "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_ipv4_prints_as_parsed(a: u8, b: u8, c: u8, d: u8) {
+            let s = format!("{a}.{b}.{c}.{d}");
+            let ip: IpAddr = s.parse().unwrap();
+            proptest::prop_assert!(ip.is_ipv4());
+            proptest::prop_assert_eq!(ip.to_string(), s);
+        }
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
