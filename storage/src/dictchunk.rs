@@ -48,7 +48,7 @@
 //! dictionary values, nested columns) [`encode`] answers `None` and the
 //! caller uses parquet-rs's writer.
 
-use crate::delta::{self, Width};
+use crate::delta::{self, Width, varint};
 use arrow::array::{Array, AsArray, DictionaryArray, StringArray};
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{DataType, Int32Type, Int64Type, UInt8Type, UInt32Type};
@@ -244,9 +244,10 @@ pub(crate) fn encode_map(
     for r in 0..rows {
         starts.push(rep.len());
         let (a, b) = (offsets[r] as usize, offsets[r + 1] as usize);
-        if nulls.as_ref().is_some_and(|n| n.is_null(r)) || a == b {
+        let valid = nulls.as_ref().is_none_or(|n| n.is_valid(r));
+        if !valid || a == b {
             // A null map (level 0) or an empty one (1): no entry.
-            let d = u32::from(nulls.as_ref().is_none_or(|n| n.is_valid(r)));
+            let d = u32::from(valid);
             rep.push(0);
             key_def.push(d);
             value_def.push(d);
@@ -382,11 +383,7 @@ fn write_nested(
             let (a, b) = (starts[first], starts[end]);
             buf.clear();
             for (levels, width) in [(&rep[a..b], 1), (&def[a..b], def_width)] {
-                let at = buf.len();
-                buf.extend_from_slice(&[0; 4]);
-                hybrid(levels, width, &mut buf);
-                let len = (buf.len() - at - 4) as u32;
-                buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                length_prefixed(&mut buf, |buf| hybrid(levels, width, buf));
             }
             let defined = def[a..b].iter().filter(|&&d| d == max_def).count();
             let ids = dict.ids.get(next_id..next_id + defined).ok_or_else(|| {
@@ -672,23 +669,18 @@ fn write_chunk(
             let defined = if descr.max_def_level() == 0 {
                 end - first
             } else {
-                let at = buf.len();
-                buf.extend_from_slice(&[0; 4]);
-                let defined = match &nulls {
+                length_prefixed(&mut buf, |buf| match &nulls {
                     None => {
-                        rle_run(1, end - first, 1, &mut buf);
+                        rle_run(1, end - first, 1, buf);
                         end - first
                     }
                     Some(n) => {
                         levels.clear();
                         levels.extend((first..end).map(|i| u32::from(n.is_valid(i))));
-                        hybrid(&levels, 1, &mut buf);
+                        hybrid(&levels, 1, buf);
                         levels.iter().filter(|&&l| l == 1).count()
                     }
-                };
-                let len = (buf.len() - at - 4) as u32;
-                buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-                defined
+                })
             };
             match &mut payload {
                 Payload::Keyed(k) => {
@@ -811,6 +803,17 @@ fn write_chunk(
         descr,
         codec,
     )
+}
+
+/// Appends what `write` writes, after its length (4 bytes, little-endian),
+/// as a version 1 data page holds its levels.
+fn length_prefixed<T>(buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let out = write(buf);
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out
 }
 
 /// Writes `buf` (taken) as a version 1 data page holding `values` levels.
@@ -1165,14 +1168,6 @@ fn compressed(buf: Vec<u8>, lz4: bool) -> Result<Bytes> {
 /// dictionary's keys).
 fn bits_for(max: u32) -> u8 {
     (32 - max.leading_zeros()) as u8
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// One RLE run: `count` times `value`, the value in whole bytes.

@@ -859,11 +859,6 @@ mod tests {
                 assert_eq!(oc.num_values(), tc.num_values(), "{name}");
                 assert_eq!(oc.statistics(), tc.statistics(), "{name}");
                 assert_eq!(oc.page_encoding_stats(), tc.page_encoding_stats(), "{name}");
-                let encodings = |m: &parquet::file::metadata::ColumnChunkMetaData| {
-                    let mut e: Vec<_> = m.encodings().collect();
-                    e.sort_by_key(|e| format!("{e:?}"));
-                    e
-                };
                 assert_eq!(encodings(oc), encodings(tc), "{name}");
                 if delta {
                     compared.delta += 1;
@@ -935,6 +930,13 @@ mod tests {
         compared
     }
 
+    /// A column chunk's encodings, in a fixed order.
+    fn encodings(m: &parquet::file::metadata::ColumnChunkMetaData) -> Vec<Encoding> {
+        let mut e: Vec<_> = m.encodings().collect();
+        e.sort_by_key(|e| format!("{e:?}"));
+        e
+    }
+
     /// The leaves of the map columns in row group `g` of two files: the
     /// same level counts, encodings and dictionary pages; ours in pages of
     /// `page` rows (parquet-rs checks the row count only every
@@ -958,11 +960,6 @@ mod tests {
             assert_eq!(oc.num_values(), tc.num_values(), "{path}: levels");
             assert_eq!(oc.statistics(), tc.statistics(), "{path}");
             assert_eq!(oc.page_encoding_stats(), tc.page_encoding_stats(), "{path}");
-            let encodings = |m: &parquet::file::metadata::ColumnChunkMetaData| {
-                let mut e: Vec<_> = m.encodings().collect();
-                e.sort_by_key(|e| format!("{e:?}"));
-                e
-            };
             assert_eq!(encodings(oc), encodings(tc), "{path}");
             assert_eq!(
                 oc.dictionary_page_offset().is_some(),
