@@ -302,6 +302,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
 
     let count = Arc::new(AtomicU64::new(0));
+    // How long each append waited for its acknowledgement (WAL fsync),
+    // in microseconds.
+    let waits = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let derive_ns = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let cpu_start = process_cpu_ns();
@@ -309,6 +312,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let derive_ns = derive_ns.clone();
+        let waits = waits.clone();
         let (storage, payloads, count, stop, format, deriver) = (
             storage.clone(),
             payloads.clone(),
@@ -331,7 +335,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     _ => meshlens_ingest::zipkin::json_v2::decode_json_v2_batch(p).expect("decode"),
                 };
                 let n = batch.num_rows() as u64;
+                let asked = Instant::now();
                 storage.append_batch(batch.clone()).await.expect("append");
+                let waited = asked.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                waits.lock().expect("waits").push(waited);
                 if let Some(d) = &deriver {
                     let t = thread_cpu_ns();
                     d.observe_batch(&batch);
@@ -355,6 +362,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             n as f64 / acked,
             n as f64 / elapsed
         );
+        print_waits(&waits.lock().expect("waits"));
         storage.shutdown().await?;
         return Ok(());
     }
@@ -546,6 +554,25 @@ async fn flush(n: usize, runs: usize, dir: PathBuf) -> anyhow::Result<()> {
 }
 
 /// CPU time of the calling thread, ns (Linux `/proc/thread-self/schedstat`).
+/// The appends' waits for their acknowledgement: median, p99, worst.
+/// With 16 appends in flight on one thread, a wait includes decoding the
+/// requests queued before it; a stall of the WAL thread shows as the worst.
+fn print_waits(waits: &[u32]) {
+    if waits.is_empty() {
+        return;
+    }
+    let mut w = waits.to_vec();
+    w.sort_unstable();
+    let at = |q: f64| f64::from(w[((w.len() - 1) as f64 * q) as usize]) / 1e3;
+    println!(
+        "acknowledgement waits over {} appends: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        w.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
 fn thread_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()

@@ -259,6 +259,20 @@ fn lone_string(m: Cursor<'_>) -> Option<&str> {
 #[inline(always)]
 fn string_kv<'a>(m: &Cursor<'a>) -> Option<(&'a str, &'a str)> {
     let b = &m.buf[m.pos..m.end];
+    let (key_end, str_start) = string_kv_shape(b)?;
+    // Every byte of `b` outside the key and the string is one of the
+    // tags and lengths `string_kv_shape` checked, all under 0x80.
+    crate::protowire::utf8_within(b, 2..key_end, str_start..b.len())
+}
+
+/// How many attributes [`string_kv_run`] reads at most at a time.
+const RUN: usize = 32;
+
+/// Where a [`string_kv`]-shaped `KeyValue` (`b`, its bytes) has its key and
+/// its string: `(key_end, string_start)`, the key starting at 2 and the
+/// string running to the end of `b`.
+#[inline(always)]
+fn string_kv_shape(b: &[u8]) -> Option<(usize, usize)> {
     let (&t, &kl) = (b.first()?, b.get(1)?);
     if t != 0x0a || kl >= 0x80 {
         return None;
@@ -274,9 +288,75 @@ fn string_kv<'a>(m: &Cursor<'a>) -> Option<(&'a str, &'a str)> {
     if t != 0x0a || sl >= 0x80 || any.len() != 2 + usize::from(sl) {
         return None;
     }
-    // Every byte of `b` outside the key and the string is one of the
-    // tags and lengths checked above, all under 0x80.
-    crate::protowire::utf8_within(b, 2..key_end, key_end + 4..b.len())
+    Some((key_end, key_end + 4))
+}
+
+/// A run of consecutive `attributes` fields of [`string_kv`]'s shape, each
+/// length in one byte, read from `c` just after the first one's key byte:
+/// one ASCII check over the whole run (its tags and lengths are all under
+/// 0x80) instead of one per attribute, ~20 of them per Envoy span. Pushes
+/// the attributes read and returns how many; 0 when the first is of
+/// another shape or not UTF-8, for the caller to read it field by field
+/// (errors included). A non-ASCII run is checked attribute by attribute,
+/// up to the first that is not UTF-8.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn string_kv_run<'a>(c: &mut Cursor<'a>, attrs: &mut AttrList<'a>, count: &mut usize) -> usize {
+    let (buf, end) = (c.buf, c.end);
+    // Per attribute: where its KeyValue starts and ends, and where its key
+    // ends and its string starts within it.
+    let mut found = [(0usize, 0usize, 0usize, 0usize); RUN];
+    let mut n = 0;
+    let mut at = c.pos;
+    while n < RUN {
+        let Some(&len) = buf.get(at) else { break };
+        let (start, stop) = (at + 1, at + 1 + usize::from(len));
+        if len >= 0x80 || stop > end {
+            break;
+        }
+        let Some((key_end, str_start)) = string_kv_shape(&buf[start..stop]) else {
+            break;
+        };
+        found[n] = (start, stop, key_end, str_start);
+        n += 1;
+        // The next field must be another attribute with a one-byte length.
+        if stop + 1 >= end || buf[stop] != 0x4a {
+            break;
+        }
+        at = stop + 1;
+    }
+    if n == 0 {
+        return 0;
+    }
+    let run = &buf[c.pos..found[n - 1].1];
+    let all_ascii = crate::protowire::ascii(run);
+    let mut done = 0;
+    for &(start, stop, key_end, str_start) in &found[..n] {
+        let kv = &buf[start..stop];
+        let (k, v) = if all_ascii {
+            // SAFETY: `kv` is part of `run`, which is ASCII, hence UTF-8.
+            unsafe {
+                (
+                    std::str::from_utf8_unchecked(&kv[2..key_end]),
+                    std::str::from_utf8_unchecked(&kv[str_start..]),
+                )
+            }
+        } else {
+            match crate::protowire::utf8_within(kv, 2..key_end, str_start..kv.len()) {
+                Some(kv) => kv,
+                None => break,
+            }
+        };
+        if *count <= MAX_ATTRIBUTES {
+            attrs.push(k, AttrRef::Str(v));
+        }
+        *count += 1;
+        done += 1;
+        // At the next field's key byte (the next attribute's, or the
+        // field after the run).
+        c.pos = stop;
+    }
+    done
 }
 
 /// Repeated `KeyValue`s as prost's types (for JSON), from `field` of `c`.
@@ -542,6 +622,9 @@ fn span<'a>(
                 expect_wt("attributes", wt, WT_LEN)?;
                 if budget == 0 {
                     return Err(recursion());
+                }
+                if budget >= 2 && string_kv_run(&mut c, attrs, &mut s.attr_count) > 0 {
+                    continue;
                 }
                 let i = s.attr_count;
                 let m = c.message()?;

@@ -422,3 +422,63 @@ fn errors_say_where() {
         "{e}"
     );
 }
+
+/// Runs of attributes read with one ASCII check ([`super::wire`]'s
+/// `string_kv_run`): longer than a run, broken by another field or by an
+/// attribute of another shape, with a non-ASCII string anywhere, and with a
+/// string that is not UTF-8 anywhere (prost's error, naming the attribute).
+#[test]
+fn attribute_runs_equal_prost() {
+    let attr = |i: usize| {
+        kv(
+            &format!("key.{i}"),
+            Some(Value::StringValue(format!("value {i}"))),
+        )
+    };
+    let request = |attrs: Vec<KeyValue>, tail: &[u8]| {
+        let mut span = Span {
+            attributes: attrs,
+            ..valid_span(1)
+        }
+        .encode_to_vec();
+        span.extend_from_slice(tail);
+        ld(1, &ld(2, &ld(2, &span)))
+    };
+    let decoded_tags = |body: &[u8]| {
+        let batch = decode_traces_at(body, NOW).expect("decode").batch;
+        batch_to_spans(&batch).expect("spans")[0].attributes.len()
+    };
+    for n in [1, 2, 31, 32, 33, 70] {
+        let body = request((0..n).map(attr).collect(), &[]);
+        same_as_prost(&body).unwrap();
+        assert_eq!(decoded_tags(&body), n);
+        // Another attribute after the span's other fields: a second run.
+        let tail = kv("late", Some(Value::StringValue("z".into()))).encode_to_vec();
+        let body = request((0..n).map(attr).collect(), &ld(9, &tail));
+        same_as_prost(&body).unwrap();
+        assert_eq!(decoded_tags(&body), n + 1);
+        for at in [0, n / 2, n - 1] {
+            // Not ASCII, still UTF-8.
+            let mut attrs: Vec<KeyValue> = (0..n).map(attr).collect();
+            attrs[at] = kv("caf\u{e9}", Some(Value::StringValue("\u{fc}ber".into())));
+            let body = request(attrs.clone(), &[]);
+            same_as_prost(&body).unwrap();
+            assert_eq!(decoded_tags(&body), n);
+            // Another shape: an integer.
+            attrs[at] = kv("int", Some(Value::IntValue(7)));
+            same_as_prost(&request(attrs.clone(), &[])).unwrap();
+            // Not UTF-8: the string's bytes replaced by a lone 0xff.
+            attrs[at] = kv("bad", Some(Value::StringValue("\u{1}".into())));
+            let mut body = request(attrs, &[]);
+            let k = body
+                .windows(6)
+                .position(|w| w == [b'b', b'a', b'd', 0x12, 3, 0x0a])
+                .expect("the bad attribute");
+            assert_eq!(body[k + 7], 1);
+            body[k + 7] = 0xff;
+            same_as_prost(&body).unwrap();
+            let e = decode_traces_at(&body, NOW).unwrap_err().to_string();
+            assert!(e.contains(&format!("spans[0]: attributes[{at}]")), "{e}");
+        }
+    }
+}
