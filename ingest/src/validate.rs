@@ -374,4 +374,38 @@ mod tests {
         let (f, _) = check_span(&s, 0, now, Format::Zipkin).unwrap_err();
         assert_eq!(f.as_deref(), Some("name"));
     }
+
+    /// A key or string value over the limit, among short ones: the first
+    /// (in key order) is named; exactly at the limit passes.
+    #[test]
+    fn long_attribute_keys_and_values_are_named() {
+        use meshlens_storage::model::AttrValue;
+        let now = UnixNanos::now();
+        let long = "y".repeat(MAX_STRING_BYTES + 1);
+        let mut s = span_at(now.as_micros());
+        for k in ["a", "b", "z"] {
+            s.attributes
+                .insert(k.into(), AttrValue::Str("short".into()));
+        }
+        s.attributes.insert("n".into(), AttrValue::Int(7));
+        s.attributes
+            .insert("m".into(), AttrValue::Str("y".repeat(MAX_STRING_BYTES)));
+        assert!(check_span(&s, 5, now, Format::Zipkin).is_ok());
+        s.attributes
+            .insert("q".into(), AttrValue::Json(long.clone()));
+        s.attributes
+            .insert("p".into(), AttrValue::Str(long.clone()));
+        let (f, p) = check_span(&s, 7, now, Format::Otlp).unwrap_err();
+        assert_eq!(f.as_deref(), Some("attributes[\"p\"]"));
+        assert!(matches!(p, Problem::TooLong { len, .. } if len == MAX_STRING_BYTES + 1));
+        s.attributes
+            .insert(format!("c{long}"), AttrValue::Bool(true));
+        let (f, _) = check_span(&s, 8, now, Format::Zipkin).unwrap_err();
+        let f = f.expect("field");
+        assert!(f.starts_with("tags key \"cyyy"), "{f}");
+        s.attributes.clear();
+        s.attributes.insert("j".into(), AttrValue::Json(long));
+        let (f, _) = check_span(&s, 1, now, Format::Zipkin).unwrap_err();
+        assert_eq!(f.as_deref(), Some("tags[\"j\"]"));
+    }
 }
