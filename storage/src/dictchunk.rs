@@ -347,6 +347,35 @@ impl Interned {
     }
 }
 
+/// A chunk's codec, whether its pages are compressed (LZ4_RAW, the one
+/// codec these writers take) and the rows per data page.
+fn page_settings(descr: &ColumnDescPtr, props: &WriterProperties) -> (Compression, bool, usize) {
+    let codec = props.compression(descr.path());
+    (
+        codec,
+        codec == Compression::LZ4_RAW,
+        props.data_page_row_count_limit().max(1),
+    )
+}
+
+/// A data page's dictionary keys: the `defined` keys from `*next` on,
+/// bit-packed after their width byte; `*next` moves past them.
+fn next_keys(
+    ids: &[u32],
+    next: &mut usize,
+    defined: usize,
+    bit_width: u8,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let keys = ids
+        .get(*next..*next + defined)
+        .ok_or_else(|| ParquetError::General("fewer dictionary keys than defined values".into()))?;
+    buf.push(bit_width);
+    hybrid(keys, bit_width, buf);
+    *next += defined;
+    Ok(())
+}
+
 /// One leaf of a nested column: the dictionary page, then data pages of
 /// `data_page_row_count_limit` rows (records), each holding its
 /// repetition levels, definition levels and the keys of the values
@@ -361,9 +390,7 @@ fn write_nested(
     descr: &ColumnDescPtr,
     props: &WriterProperties,
 ) -> Result<DictChunk> {
-    let codec = props.compression(descr.path());
-    let compress = codec == Compression::LZ4_RAW;
-    let page_rows = props.data_page_row_count_limit().max(1);
+    let (codec, compress, page_rows) = page_settings(descr, props);
     let rows = starts.len() - 1;
     let mut sink = TrackedWrite::new(Vec::with_capacity(dict.plain.len() + rep.len() / 2 + 1024));
     let mut specs: Vec<(PageWriteSpec, usize)> = Vec::with_capacity(rows / page_rows + 2);
@@ -386,12 +413,7 @@ fn write_nested(
                 length_prefixed(&mut buf, |buf| hybrid(levels, width, buf));
             }
             let defined = def[a..b].iter().filter(|&&d| d == max_def).count();
-            let ids = dict.ids.get(next_id..next_id + defined).ok_or_else(|| {
-                ParquetError::General("fewer dictionary keys than defined values".into())
-            })?;
-            buf.push(bit_width);
-            hybrid(ids, bit_width, &mut buf);
-            next_id += defined;
+            next_keys(&dict.ids, &mut next_id, defined, bit_width, &mut buf)?;
             let values = b - a;
             let spec = data_page(
                 &mut pages,
@@ -625,9 +647,7 @@ fn write_chunk(
     descr: &ColumnDescPtr,
     props: &WriterProperties,
 ) -> Result<DictChunk> {
-    let codec = props.compression(descr.path());
-    let compress = codec == Compression::LZ4_RAW;
-    let page_rows = props.data_page_row_count_limit().max(1);
+    let (codec, compress, page_rows) = page_settings(descr, props);
     let (capacity, data_encoding) = match &payload {
         Payload::Keyed(k) => (k.plain.len() + rows / 2, Encoding::RLE_DICTIONARY),
         Payload::Fixed { width, .. } => (rows * width / 2, Encoding::PLAIN),
@@ -684,12 +704,7 @@ fn write_chunk(
             };
             match &mut payload {
                 Payload::Keyed(k) => {
-                    let ids = k.ids.get(next_id..next_id + defined).ok_or_else(|| {
-                        ParquetError::General("fewer keys than defined rows".into())
-                    })?;
-                    buf.push(bit_width);
-                    hybrid(ids, bit_width, &mut buf);
-                    next_id += defined;
+                    next_keys(&k.ids, &mut next_id, defined, bit_width, &mut buf)?;
                 }
                 Payload::Fixed { data, width } => {
                     let (data, width) = (*data, *width);
