@@ -666,7 +666,7 @@ mod tests {
                     resource.insert("service.name".into(), AttrValue::Str(svc));
                     resource.insert("host.name".into(), AttrValue::Str(format!("h{}", i % 9)));
                 }
-                Span {
+                let mut s = Span {
                     trace_id: TraceId::from_u64s(0, next() % 300 + 1),
                     span_id: SpanId((i as u64 + 1).to_be_bytes()),
                     name: format!("op-{}", next() % 40),
@@ -697,7 +697,17 @@ mod tests {
                     },
                     flags: (i % 7 == 0).then_some(0x8000_0001),
                     ..Default::default()
+                };
+                // A resource of the span's service alone: a null map, in
+                // runs and scattered.
+                if i % 8 == 0 || (i / 40) % 3 == 1 {
+                    s.resource = [(
+                        "service.name".to_string(),
+                        AttrValue::Str(s.local.service_name.clone().unwrap_or_default()),
+                    )]
+                    .into();
                 }
+                s
             })
             .collect()
     }

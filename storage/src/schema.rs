@@ -45,6 +45,16 @@ pub const PROMOTED_TAGS: &[(&str, &str)] = &[
 /// plain strings, not dictionaries, in Arrow and in Parquet.
 pub(crate) const UNIQUE_TAGS: &[&str] = &["tag_request_id", "tag_http_url"];
 
+/// The resource attribute naming a span's service. A row whose resource has
+/// no other string attribute, and whose `service_name` is its value, stores
+/// a null `resource_attributes` map: that is the resource of every span
+/// Envoy's (and Istio's) OpenTelemetry tracer sends, and the map would
+/// repeat the service on every row (~10 % of OTLP ingest's CPU time for
+/// Envoy-shaped spans: docs/BENCHMARKS.md). Readers put the attribute back
+/// ([`resource_service_only`]); the map was never null before, so older
+/// files and WAL records read as they did.
+pub const RESOURCE_SERVICE_KEY: &str = "service.name";
+
 pub const TRACE_ID: &str = "trace_id";
 pub const START: &str = "start_time_unix_nano";
 pub const SERVICE: &str = "service_name";
@@ -232,6 +242,12 @@ fn read_map(map: Option<&MapArray>, i: usize, typed: bool, out: &mut Attributes)
     }
 }
 
+/// Whether row `i`'s resource is `service.name` = its service alone (its
+/// `resource_attributes` map is null; see [`RESOURCE_SERVICE_KEY`]).
+pub fn resource_service_only(res: Option<&MapArray>, i: usize) -> bool {
+    res.is_some_and(|m| m.is_null(i))
+}
+
 fn ids16(a: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
     a.value(i).try_into().unwrap_or_default()
 }
@@ -293,6 +309,11 @@ pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ArrowError> {
         let mut resource = Attributes::new();
         read_map(res, i, false, &mut resource);
         read_map(res_typed, i, true, &mut resource);
+        if resource_service_only(res, i)
+            && let Some(v) = opt_str(&service, i)
+        {
+            resource.insert(RESOURCE_SERVICE_KEY.into(), AttrValue::Str(v));
+        }
 
         let mut span_events = Vec::new();
         if let Some(list) = events.filter(|l| !l.is_null(i)) {
@@ -419,6 +440,68 @@ pub(crate) mod tests {
             scope_name: Some("lib".into()),
             scope_version: None,
             extra_json: None,
+        }
+    }
+
+    /// A resource of `service.name` = the span's service alone is a null
+    /// string map and reads back (whole spans and one attribute) as sent;
+    /// any other resource keeps its map.
+    #[test]
+    fn a_resource_of_the_service_alone_is_a_null_map() {
+        use crate::span_view::{SpanColumns, SpanView};
+        let res = |kv: &[(&str, AttrValue)]| -> Attributes {
+            kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        let s = |v: &str| AttrValue::Str(v.into());
+        let cases: Vec<(Option<&str>, Attributes, bool)> = vec![
+            // (span's service, resource, null map?)
+            (Some("cart"), res(&[("service.name", s("cart"))]), true),
+            // Typed attributes live in the other map.
+            (
+                Some("cart"),
+                res(&[("service.name", s("cart")), ("pid", AttrValue::Int(7))]),
+                true,
+            ),
+            (Some(""), res(&[("service.name", s(""))]), true),
+            (Some("cart"), res(&[("service.name", s("carts"))]), false),
+            (None, res(&[("service.name", s("cart"))]), false),
+            (
+                Some("cart"),
+                res(&[("host.name", s("h1")), ("service.name", s("cart"))]),
+                false,
+            ),
+            (
+                Some("cart"),
+                res(&[("service.name", AttrValue::Int(1))]),
+                false,
+            ),
+            (Some("cart"), res(&[("service.names", s("cart"))]), false),
+            (Some("cart"), Attributes::new(), false),
+        ];
+        let spans: Vec<Span> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (svc, resource, _))| {
+                let mut sp = sample_span(i as u64);
+                sp.local.service_name = svc.map(str::to_owned);
+                sp.resource = resource.clone();
+                sp
+            })
+            .collect();
+        let batch = spans_to_batch(&spans).unwrap();
+        let map = batch
+            .column_by_name("resource_attributes")
+            .unwrap()
+            .as_map();
+        for (i, (_, _, null)) in cases.iter().enumerate() {
+            assert_eq!(map.is_null(i), *null, "case {i}");
+        }
+        assert_eq!(batch_to_spans(&batch).unwrap(), spans);
+        let cols = SpanColumns::new(&batch).unwrap();
+        for (sp, row) in spans.iter().zip(cols.rows()) {
+            for k in ["service.name", "pid", "host.name", "service.names", "x"] {
+                assert_eq!(row.resource_attr(k), sp.resource_attr(k), "{k}");
+            }
         }
     }
 

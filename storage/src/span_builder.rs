@@ -12,7 +12,8 @@
 
 use crate::model::{AttrValue, Attributes, Endpoint, Span, SpanKind, StatusCode};
 use crate::schema::{
-    PROMOTED_TAGS, UNIQUE_TAGS, event_fields, link_fields, promoted_index, spans_schema,
+    PROMOTED_TAGS, RESOURCE_SERVICE_KEY, UNIQUE_TAGS, event_fields, link_fields, promoted_index,
+    spans_schema,
 };
 use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{
@@ -761,11 +762,18 @@ impl SpanBatchBuilder {
         }
         self.attrs.append(true)?;
         self.attrs_typed.append(true)?;
+        // The resource. One whose only string attribute is `service.name`,
+        // equal to the span's service (the resource of Envoy's and Istio's
+        // OpenTelemetry tracer), is a null string map: read back as that
+        // attribute (`schema::resource_service_only`).
+        let service_only = resource_service_only(&s.resource.items, s.local.service_name);
         for (k, v) in s.resource.items.iter() {
             match v {
                 AttrRef::Str(val) => {
-                    self.res.keys().append_value(k);
-                    self.res.values().append_value(val);
+                    if !service_only {
+                        self.res.keys().append_value(k);
+                        self.res.values().append_value(val);
+                    }
                 }
                 other => {
                     self.res_typed.keys().append_value(k);
@@ -773,7 +781,7 @@ impl SpanBatchBuilder {
                 }
             }
         }
-        self.res.append(true)?;
+        self.res.append(!service_only)?;
         self.res_typed.append(true)?;
 
         let missing = |c: &str| ArrowError::SchemaError(format!("spans builder lacks {c}"));
@@ -873,6 +881,19 @@ impl SpanBatchBuilder {
             .collect::<Result<Vec<_>, ArrowError>>()?;
         RecordBatch::try_new(schema, columns)
     }
+}
+
+/// Whether a resource's string attributes are exactly `service.name` =
+/// `service` (then its row's `resource_attributes` map is null).
+fn resource_service_only(items: &[(&str, AttrRef<'_>)], service: Option<&str>) -> bool {
+    let Some(service) = service else {
+        return false;
+    };
+    let mut strings = items.iter().filter(|(_, v)| matches!(v, AttrRef::Str(_)));
+    matches!(
+        (strings.next(), strings.next()),
+        (Some((RESOURCE_SERVICE_KEY, AttrRef::Str(v))), None) if *v == service
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! `Span` with its attribute maps.
 
 use crate::model::{Span, SpanId, SpanKind, StatusCode, TraceId, UnixNanos};
-use crate::schema::{PROMOTED_TAGS, SERVICE, START, TRACE_ID, decode_typed_ref};
+use crate::schema::{
+    PROMOTED_TAGS, RESOURCE_SERVICE_KEY, SERVICE, START, TRACE_ID, decode_typed_ref,
+    resource_service_only,
+};
 use crate::span_builder::AttrRef;
 use arrow::array::{
     Array, AsArray, BooleanArray, DictionaryArray, FixedSizeBinaryArray, Int64Array, MapArray,
@@ -387,6 +390,12 @@ impl SpanView for SpanRow<'_> {
     }
     fn resource_attr(&self, key: &str) -> Option<AttrRef<'_>> {
         if let Some(v) = self.cols.res.get(self.i, key) {
+            return Some(AttrRef::Str(v));
+        }
+        if key == RESOURCE_SERVICE_KEY
+            && resource_service_only(Some(self.cols.res.map), self.i)
+            && let Some(v) = self.cols.service.get(self.i)
+        {
             return Some(AttrRef::Str(v));
         }
         self.cols.res_typed.get(self.i, key).map(decode_typed_ref)
