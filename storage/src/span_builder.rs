@@ -765,8 +765,8 @@ impl SpanBatchBuilder {
         // The resource. One whose only string attribute is `service.name`,
         // equal to the span's service (the resource of Envoy's and Istio's
         // OpenTelemetry tracer), is a null string map: read back as that
-        // attribute (`schema::resource_service_only`).
-        let service_only = resource_service_only(&s.resource.items, s.local.service_name);
+        // attribute (`schema::RESOURCE_SERVICE_KEY`).
+        let service_only = service_alone(&s.resource.items, s.local.service_name);
         for (k, v) in s.resource.items.iter() {
             match v {
                 AttrRef::Str(val) => {
@@ -884,8 +884,9 @@ impl SpanBatchBuilder {
 }
 
 /// Whether a resource's string attributes are exactly `service.name` =
-/// `service` (then its row's `resource_attributes` map is null).
-fn resource_service_only(items: &[(&str, AttrRef<'_>)], service: Option<&str>) -> bool {
+/// `service` (then its row's `resource_attributes` map is null; readers
+/// ask `schema::resource_service_only`).
+fn service_alone(items: &[(&str, AttrRef<'_>)], service: Option<&str>) -> bool {
     let Some(service) = service else {
         return false;
     };
